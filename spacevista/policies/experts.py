@@ -1,0 +1,96 @@
+"""Scale experts: one peft LoRA adapter per scale on the language model's linear layers.
+
+The base model and the vision tower stay frozen; each expert is a named peft adapter (the scale's
+name), so checkpoints are ordinary peft adapter directories and vLLM can serve them as LoRAs
+(vLLM applies LoRA to the language model only, hence the target regex below).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+import torch
+from peft import LoraConfig, PeftModel, get_peft_model
+from peft.utils import get_peft_model_state_dict, set_peft_model_state_dict
+
+# Linear layers of the language model's decoder layers only (never `visual.*`).
+LANGUAGE_MODEL_TARGET = r".*language_model\.layers\.\d+\.(self_attn\.(q|k|v|o)_proj|mlp\.(gate|up|down)_proj)"
+
+
+@dataclass
+class ExpertLoRAConfig:
+    """Shape of every scale expert (one `LoraConfig` shared by all experts)."""
+
+    rank: int = 16
+    alpha: int = 32
+    dropout: float = 0.0  # mixed-expert training runs in eval mode; dropout must be 0 there
+    target_modules: str = LANGUAGE_MODEL_TARGET
+    init_lora_weights: bool = True  # B = 0: a fresh expert equals the base model
+
+    def to_peft(self) -> LoraConfig:
+        return LoraConfig(r=self.rank, lora_alpha=self.alpha, lora_dropout=self.dropout,
+                          target_modules=self.target_modules, init_lora_weights=self.init_lora_weights,
+                          bias="none")
+
+
+def attach_experts(model: torch.nn.Module, names: Iterable[str], lora: ExpertLoRAConfig | None = None,
+                   trainable: bool = True) -> PeftModel:
+    """Wrap `model` in peft with one LoRA adapter per name; base weights frozen.
+
+    peft leaves only the first (or the active) adapter trainable; we set requires_grad on every
+    expert's LoRA parameters explicitly so that one optimizer sees all experts.
+    """
+    names = list(names)
+    if not names:
+        raise ValueError("attach_experts: no expert names given")
+    if len(set(names)) != len(names):
+        raise ValueError(f"attach_experts: duplicate expert names {names}")
+    peft_cfg = (lora or ExpertLoRAConfig()).to_peft()
+    peft_model = get_peft_model(model, peft_cfg, adapter_name=names[0])
+    for name in names[1:]:
+        peft_model.add_adapter(name, (lora or ExpertLoRAConfig()).to_peft())
+    set_experts_trainable(peft_model, names if trainable else [])
+    return peft_model
+
+
+def expert_names(model: PeftModel) -> list[str]:
+    return list(model.peft_config.keys())
+
+
+def _is_expert_param(param_name: str, expert: str) -> bool:
+    return f".{expert}." in param_name and "lora_" in param_name
+
+
+def expert_parameters(model: torch.nn.Module, expert: str) -> dict[str, torch.nn.Parameter]:
+    """The LoRA parameters of one expert, by qualified name."""
+    params = {n: p for n, p in model.named_parameters() if _is_expert_param(n, expert)}
+    if not params:
+        raise KeyError(f"no LoRA parameters for expert {expert!r}")
+    return params
+
+
+def set_experts_trainable(model: torch.nn.Module, experts: Iterable[str]) -> None:
+    """Exactly the LoRA parameters of `experts` require grad; everything else is frozen."""
+    experts = list(experts)
+    for name, param in model.named_parameters():
+        param.requires_grad_(any(_is_expert_param(name, e) for e in experts))
+
+
+def expert_state_dict(model: PeftModel, expert: str) -> dict[str, torch.Tensor]:
+    """One expert's adapter tensors in peft's saved format (keys without the adapter name), on CPU."""
+    sd = get_peft_model_state_dict(model, adapter_name=expert)
+    return {k: v.detach().to("cpu").clone() for k, v in sd.items()}
+
+
+def load_expert_state_dict(model: PeftModel, expert: str, state: Mapping[str, torch.Tensor]) -> None:
+    """Copy an expert's adapter tensors (peft saved format) into the model in place; strict."""
+    if expert not in model.peft_config:
+        raise KeyError(f"model has no expert {expert!r}; it has {expert_names(model)}")
+    result = set_peft_model_state_dict(model, dict(state), adapter_name=expert)
+    unexpected = list(getattr(result, "unexpected_keys", []) or [])
+    if unexpected:
+        raise KeyError(f"expert {expert!r}: unexpected adapter keys {unexpected[:5]}")
+    missing = [k for k in (getattr(result, "missing_keys", []) or []) if _is_expert_param(k, expert)]
+    if missing:
+        raise KeyError(f"expert {expert!r}: adapter keys missing from the update {missing[:5]}")
