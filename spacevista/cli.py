@@ -1,0 +1,44 @@
+"""`spacevista` command line: train | eval | submit | jobs | data | rewards.
+
+`train` hands its arguments to Hydra (overrides, `-m` multiruns, `--cfg job`); the other
+subcommands are argparse. Heavy imports happen inside each subcommand, so `--help` is instant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="spacevista",
+        description="RL post-training for all-scale visual spatial reasoning (SpaceVista).")
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("train", help="run the training job (Hydra overrides follow, e.g. rollout.n=8)", add_help=False)
+    from spacevista.data.cli import add_subparser as add_data
+    from spacevista.rewards.cli import add_subparser as add_rewards
+    add_data(sub)
+    add_rewards(sub)
+    for name, module in (("eval", "spacevista.eval.cli"), ("submit", "spacevista.cluster.submit"),
+                         ("jobs", "spacevista.cluster.submit")):
+        try:
+            mod = __import__(module, fromlist=["add_subparser"])
+        except ImportError:
+            continue
+        adder = getattr(mod, f"add_{name}_subparser", None) or getattr(mod, "add_subparser")
+        adder(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "train":
+        from spacevista.train import hydra_main
+        return hydra_main(argv[1:])
+    args = _parser().parse_args(argv)
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,209 @@
+"""Structured configs: every key the training job reads, with its type and default.
+
+Hydra composes `train.yaml` and its groups on top of `TrainConfig`; OmegaConf's struct mode then
+rejects an unknown key or an ill-typed value, naming the key, before Ray starts. Pure data: no ray.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional
+
+from spacevista.scales import SCALES
+
+
+@dataclass
+class TinyArchConfig:
+    """Architecture of the offline tiny policy (used when `model.path` is empty)."""
+
+    hidden_size: int = 256
+    num_layers: int = 4
+    num_heads: int = 4
+    num_kv_heads: int = 2
+    intermediate_size: int = 512
+    vision_depth: int = 2
+    vision_hidden: int = 64
+    vision_heads: int = 2
+    vocab_size: int = 640
+    seed: int = 0
+
+
+@dataclass
+class LoRAConfig:
+    rank: int = 16
+    alpha: int = 32
+    dropout: float = 0.0
+    target_modules: str = r".*language_model\.layers\.\d+\.(self_attn\.(q|k|v|o)_proj|mlp\.(gate|up|down)_proj)"
+
+
+@dataclass
+class ModelConfig:
+    path: str = ""  # a local Hugging Face directory; "" builds the tiny offline policy
+    cache_dir: str = "~/.cache/spacevista/models"
+    dtype: str = "float32"  # float32 on CPU (bf16 is slower on AVX2-only CPUs); bfloat16 on GPU
+    tiny: TinyArchConfig = field(default_factory=TinyArchConfig)
+    lora: LoRAConfig = field(default_factory=LoRAConfig)
+    experts: list[str] = field(default_factory=lambda: list(SCALES))
+
+
+@dataclass
+class SynthConfig:
+    n: int = 2000
+    seed: int = 0
+    frames: int = 4
+    size: int = 56
+    test_fraction: float = 0.1
+    cache_dir: str = "~/.cache/spacevista/data"
+
+
+@dataclass
+class DataConfig:
+    train: str = ""  # parquet file or directory of shards; "" generates the synthetic set
+    test: str = ""
+    synth: SynthConfig = field(default_factory=SynthConfig)
+
+
+@dataclass
+class RolloutConfig:
+    engine: str = "hf"  # hf | vllm
+    prompts_per_step: int = 8
+    n: int = 4  # samples per prompt (the GRPO group size)
+    temperature: float = 1.0
+    top_p: float = 1.0
+    max_tokens: int = 32
+    max_model_len: int = 2048
+    max_batch_size: int = 64
+
+
+@dataclass
+class RewardWeightsConfig:
+    format: float = 0.2
+    scale: float = 0.3
+    accuracy: float = 0.5
+
+
+@dataclass
+class PluginConfig:
+    spec: str = ""  # registered name, `module:function`, or `path/to/file.py:function`
+    weight: float = 1.0
+
+
+@dataclass
+class RewardConfig:
+    weights: RewardWeightsConfig = field(default_factory=RewardWeightsConfig)
+    scale_gate: bool = False  # accuracy credit only when the predicted scale is right
+    neighbour_scale_credit: float = 0.0
+    plugins: list[PluginConfig] = field(default_factory=list)
+
+
+@dataclass
+class ObjectiveConfig:
+    adv_estimator: str = "grpo"  # any verl estimator: grpo | rloo | reinforce_plus_plus | ...
+    policy_loss: str = "vanilla"  # any verl policy loss: vanilla | gspo | ...
+    clip_ratio_low: float = 0.2
+    clip_ratio_high: float = 0.2  # > clip_ratio_low: DAPO-style asymmetric clipping
+    loss_agg_mode: str = "token-mean"
+    kl_coef: float = 0.01
+    kl_penalty: str = "low_var_kl"
+    norm_adv_by_std_in_grpo: bool = True
+    entropy_coeff: float = 0.0
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0
+    warmup_steps: int = 0
+    schedule: str = "constant"  # constant | cosine
+
+
+@dataclass
+class RouterConfig:
+    mode: str = "label"  # label | learned
+    lr: float = 1e-3
+    hidden: int = 64
+
+
+@dataclass
+class SFTConfig:
+    steps: int = 30  # supervised warm-up steps before RL (0 disables)
+    batch_size: int = 32
+    lr: float = 2e-3
+    full_params: bool = True  # a random tiny base must be warmed up itself before LoRA experts can learn
+
+
+@dataclass
+class LearnerConfig:
+    objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    router: RouterConfig = field(default_factory=RouterConfig)
+    sft: SFTConfig = field(default_factory=SFTConfig)
+    micro_batch_size: int = 16
+    fsdp: bool = True
+
+
+@dataclass
+class StageConfig:
+    name: str = "stage"
+    scales: dict[str, float] = field(default_factory=dict)  # active scale -> sampling weight
+    reward_weights: RewardWeightsConfig = field(default_factory=RewardWeightsConfig)
+    scale_gate: bool = False
+    min_steps: int = 1
+    max_steps: Optional[int] = None  # promote after this many steps even if metrics lag
+    promote_when: dict[str, float] = field(default_factory=dict)  # component -> threshold per active scale
+
+
+@dataclass
+class CurriculumConfig:
+    name: str = "progressive"
+    window: int = 4  # steps in the moving average that promotion rules read
+    stages: list[StageConfig] = field(default_factory=list)
+
+
+@dataclass
+class RoleConfig:
+    count: int = 1
+    num_cpus: float = 1.0
+    num_gpus: float = 0.0
+    max_restarts: int = 2  # Ray restarts a crashed worker; the controller retries its work
+    strategy: str = "PACK"  # placement group strategy: PACK | SPREAD | STRICT_PACK | STRICT_SPREAD
+
+
+@dataclass
+class ClusterConfig:
+    address: str = ""  # "" starts a local Ray; "auto" or ray://host:port joins a cluster
+    num_cpus: Optional[int] = None  # local Ray only
+    rollout: RoleConfig = field(default_factory=RoleConfig)
+    reward: RoleConfig = field(default_factory=RoleConfig)
+    learner: RoleConfig = field(default_factory=lambda: RoleConfig(count=2))
+    backend: str = "auto"  # torch.distributed backend: auto (gloo on CPU, nccl on GPU) | gloo | nccl
+    metrics_prefix: str = "spacevista"
+
+
+@dataclass
+class LogConfig:
+    progress: bool = True
+    tensorboard: bool = True
+    wandb_project: str = ""  # "" disables W&B
+    plot: bool = True
+    ray_metrics: bool = True
+
+
+@dataclass
+class TrainConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    reward: RewardConfig = field(default_factory=RewardConfig)
+    learner: LearnerConfig = field(default_factory=LearnerConfig)
+    curriculum: CurriculumConfig = field(default_factory=CurriculumConfig)
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+    steps: int = 40
+    seed: int = 0
+    run_dir: str = ""  # "" uses Hydra's output directory
+    resume: str = "auto"  # auto (latest checkpoint in run_dir) | never | path to a step_N directory
+    checkpoint_every: int = 10
+    keep_checkpoints: int = 3
+    async_rollout: bool = False  # overlap generation of step k+1 with the update of step k

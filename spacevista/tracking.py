@@ -1,0 +1,122 @@
+"""What users watch: progress bar, per-scale reward tables, TensorBoard/W&B scalars, metrics.jsonl, PNG curves."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+from tqdm.auto import tqdm
+
+from spacevista.configs.schema import LogConfig
+from spacevista.scales import SCALES
+
+console = Console(stderr=True)
+
+
+def reward_table(title: str, per_scale: Mapping[str, Mapping[str, float]]) -> Table:
+    """Rows: scales (near -> far) and overall; columns: reward components and total."""
+    comps = sorted({c for v in per_scale.values() for c in v if c not in ("total", "count")})
+    table = Table(title=title)
+    table.add_column("scale")
+    for c in comps + ["total", "count"]:
+        table.add_column(c, justify="right")
+    order = [s for s in SCALES if s in per_scale] + [s for s in per_scale if s not in SCALES]
+    for scale in order:
+        row = per_scale[scale]
+        table.add_row(scale, *[f"{row[c]:.3f}" if c in row else "-" for c in comps + ["total"]],
+                      str(int(row.get("count", 0))))
+    return table
+
+
+class Tracker:
+    """Fan one step's metrics out to every sink the config enables; metrics.jsonl is always written."""
+
+    def __init__(self, run_dir: Path, cfg: LogConfig, total_steps: int, start_step: int,
+                 config_dict: dict[str, Any] | None = None):
+        self.run_dir = run_dir
+        self.cfg = cfg
+        self.history_path = run_dir / "metrics.jsonl"
+        self.tb = None
+        if cfg.tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+            self.tb = SummaryWriter(log_dir=str(run_dir / "tensorboard"), purge_step=start_step + 1)
+        self.wandb = None
+        if cfg.wandb_project:
+            import wandb
+            self.wandb = wandb.init(project=cfg.wandb_project, dir=str(run_dir), config=config_dict,
+                                    resume="allow", name=run_dir.name)
+        self.bar = tqdm(total=total_steps, initial=start_step, desc="train", unit="step",
+                        disable=not cfg.progress, dynamic_ncols=True)
+
+    def log(self, step: int, scalars: Mapping[str, float], postfix: Mapping[str, Any]) -> None:
+        clean = {k: float(v) for k, v in scalars.items() if isinstance(v, (int, float)) and math.isfinite(v)}
+        with self.history_path.open("a") as fh:
+            fh.write(json.dumps({"step": step, **clean}) + "\n")
+        if self.tb is not None:
+            for k, v in clean.items():
+                self.tb.add_scalar(k, v, step)
+            self.tb.flush()
+        if self.wandb is not None:
+            self.wandb.log(clean, step=step)
+        self.bar.set_postfix(postfix, refresh=False)
+        self.bar.update(1)
+
+    def show(self, table: Table) -> None:
+        self.bar.clear()
+        console.print(table)
+        self.bar.refresh()
+
+    def message(self, text: str) -> None:
+        self.bar.write(text)
+
+    def close(self) -> None:
+        self.bar.close()
+        if self.tb is not None:
+            self.tb.close()
+        if self.wandb is not None:
+            self.wandb.finish()
+
+
+def read_history(run_dir: Path) -> list[dict[str, float]]:
+    """metrics.jsonl rows; after a resume, a re-run step's newer row replaces the older one."""
+    rows: dict[int, dict[str, float]] = {}
+    path = run_dir / "metrics.jsonl"
+    if path.exists():
+        for line in path.read_text().splitlines():
+            if line.strip():
+                row = json.loads(line)
+                rows[int(row["step"])] = row
+    return [rows[k] for k in sorted(rows)]
+
+
+def plot_reward_curves(run_dir: Path, out: Path | None = None) -> Path | None:
+    """PNG of the total reward per scale (and overall) against step; None if there is no history."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = read_history(run_dir)
+    if not rows:
+        return None
+    out = out or run_dir / "reward_curves.png"
+    fig, ax = plt.subplots(figsize=(7, 4), dpi=110)
+    for key, label in [("reward/total", "all scales")] + [(f"reward/{s}/total", s) for s in SCALES]:
+        pts = [(r["step"], r[key]) for r in rows if key in r]
+        if pts:
+            xs, ys = zip(*pts)
+            ax.plot(xs, ys, label=label, linewidth=2.2 if label == "all scales" else 1.2)
+    ax.set_xlabel("step")
+    ax.set_ylabel("mean stepwise reward")
+    ax.set_ylim(0, 1)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, ncol=2)
+    ax.set_title(f"SpaceVista-RL reward by scale — {run_dir.name}")
+    fig.tight_layout()
+    fig.savefig(out)
+    plt.close(fig)
+    return out
