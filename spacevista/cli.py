@@ -20,14 +20,9 @@ def _parser() -> argparse.ArgumentParser:
     from spacevista.rewards.cli import add_subparser as add_rewards
     add_data(sub)
     add_rewards(sub)
-    for name, module in (("eval", "spacevista.eval.cli"), ("submit", "spacevista.cluster.submit"),
-                         ("jobs", "spacevista.cluster.submit")):
-        try:
-            mod = __import__(module, fromlist=["add_subparser"])
-        except ImportError:
-            continue
-        adder = getattr(mod, f"add_{name}_subparser", None) or getattr(mod, "add_subparser")
-        adder(sub)
+    from spacevista.cluster.submit import add_jobs_subparser, add_submit_subparser
+    add_submit_subparser(sub)
+    add_jobs_subparser(sub)
     return parser
 
 

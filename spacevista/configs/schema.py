@@ -178,6 +178,8 @@ class ClusterConfig:
     reward: RoleConfig = field(default_factory=RoleConfig)
     learner: RoleConfig = field(default_factory=lambda: RoleConfig(count=2))
     backend: str = "auto"  # torch.distributed backend: auto (gloo on CPU, nccl on GPU) | gloo | nccl
+    dashboard: bool = False  # local Ray only: start the dashboard (and its metrics endpoint)
+    temp_dir: str = ""  # local Ray only: its session directory ("" = Ray's default)
     metrics_prefix: str = "spacevista"
 
 

@@ -1,0 +1,5 @@
+import sys
+
+from spacevista.cli import main
+
+sys.exit(main())
