@@ -1,0 +1,489 @@
+"""Synthetic all-scale scenes with exact ground truth, small enough for a tiny policy on CPU.
+
+Every scene is a top-down view of a flat world drawn at a per-scale pixels-per-metre (``ppm``, the
+frame width covers ``VIEW_M[scale]`` metres, jittered by +-10%). The objects are the same coloured
+blocks and discs at every scale, so one drawing means millimetres on the cutting mat and hundreds of
+metres over fields: only the background tells the scale. The backgrounds are drawn in world units
+(grid lines every cm, tiles of 0.8 m, fields of 80 m, ...), so their period also encodes the jitter.
+
+A clip is ``frames`` crops of one canvas along a straight camera pan (integer pixel offsets); the
+camera moves far for ``camera_displacement`` and barely otherwise, and every object of a non-camera
+task stays in view in all frames. Numeric answers are in the scale's default unit (area: its
+square), rounded to 3 significant digits; ``meta`` keeps the exact value, the scene geometry and
+the reference completion ``scales.format_output(cue, scale, answer)`` for SFT warm-up.
+
+Record i gets scale ``SCALES[i % 5]`` and task ``tasks[(i // 5) % len(tasks)]`` and its own
+generator seeded by (seed, i), so the output is byte-identical for a seed and record i does not
+depend on n. The held-out ``test`` split is a seeded random subset of the indices, balanced over the
+(scale, task) cells.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from spacevista import scales
+from spacevista.data.frames import encode_frame
+from spacevista.data.io import write_records
+from spacevista.data.schema import Answer, Frame, Record
+
+DATA_SOURCE = "spacevista_synth"
+SYNTH_VERSION = 1
+SYNTH_TASKS: tuple[str, ...] = ("object_size", "object_distance", "camera_displacement", "area",
+                                "relative_direction", "closer", "larger", "count")
+VIEW_M: dict[str, float] = {"tiny_tabletop": 0.12, "tabletop": 1.2, "indoor": 8.0, "outdoor": 60.0, "drone": 600.0}
+CUES: dict[str, str] = {"tiny_tabletop": "cutting-mat grid", "tabletop": "wood grain", "indoor": "floor tiles",
+                        "outdoor": "sky and grass", "drone": "fields from above"}
+PPM_JITTER = 0.10
+COLORS: dict[str, tuple[int, int, int]] = {"red": (225, 35, 35), "blue": (35, 70, 235),
+                                           "white": (250, 250, 250), "magenta": (225, 45, 215)}
+SHAPES: tuple[str, ...] = ("block", "disc")
+NAMES: tuple[str, ...] = tuple(f"{color} {shape}" for color in COLORS for shape in SHAPES)
+HORIZON = 0.35  # outdoor: sky above this fraction of the frame height (in world coordinates)
+
+
+@dataclass
+class SceneObject:
+    """An object's footprint on the canvas: a w x h block or a disc of diameter w (= h), in pixels."""
+
+    name: str
+    x0: int
+    y0: int
+    w: int
+    h: int
+
+    @property
+    def shape(self) -> str:
+        return self.name.split()[1]
+
+    @property
+    def center(self) -> tuple[float, float]:
+        return self.x0 + self.w / 2, self.y0 + self.h / 2
+
+    @property
+    def area_px(self) -> float:
+        return math.pi * self.w * self.w / 4 if self.shape == "disc" else float(self.w * self.h)
+
+    def distance_to(self, other: SceneObject) -> float:
+        (ax, ay), (bx, by) = self.center, other.center
+        return math.hypot(ax - bx, ay - by)
+
+
+@dataclass
+class Scene:
+    """Geometry of one clip plus its question and answer."""
+
+    scale: str
+    task: str
+    size: int
+    ppm: float
+    canvas: tuple[int, int]  # (width, height) in pixels
+    offsets: list[tuple[int, int]]  # top-left corner of each frame on the canvas
+    objects: list[SceneObject] = field(default_factory=list)
+    question: str = ""
+    answer: Answer | None = None
+    exact: float | int | str = ""
+
+    @property
+    def horizon(self) -> int:
+        return round(HORIZON * self.size) if self.scale == "outdoor" else 0
+
+    def reference(self) -> str:
+        return scales.format_output(CUES[self.scale], self.scale, self.answer.text())
+
+
+class _Placer:
+    """Places non-overlapping objects at random inside a region of the canvas."""
+
+    def __init__(self, rng: np.random.Generator, box: tuple[int, int, int, int], objects: list[SceneObject]):
+        self.rng, self.box, self.objects = rng, box, objects
+
+    def place(self, name: str, length: int, aspect: float = 1.0, tries: int = 60) -> SceneObject:
+        """An object of longest side ``length`` px (shrunk until it fits), appended to the scene."""
+        x_lo, y_lo, x_hi, y_hi = self.box
+        for attempt in range(tries):
+            size = max(3, int(length * 0.85 ** (attempt // 10)))
+            side = max(3, round(size * aspect))
+            if name.endswith("disc"):
+                w = h = size
+            else:
+                w, h = (size, side) if self.rng.random() < 0.5 else (side, size)
+            if w > x_hi - x_lo or h > y_hi - y_lo:
+                continue
+            candidate = SceneObject(name, int(self.rng.integers(x_lo, x_hi - w + 1)),
+                                    int(self.rng.integers(y_lo, y_hi - h + 1)), w, h)
+            if not any(_overlap(candidate, other) for other in self.objects):
+                self.objects.append(candidate)
+                return candidate
+        raise _Retry
+
+
+class _Retry(Exception):
+    """This layout failed; sample the scene again."""
+
+
+def _overlap(a: SceneObject, b: SceneObject, gap: int = 3) -> bool:
+    return (a.x0 < b.x0 + b.w + gap and b.x0 < a.x0 + a.w + gap
+            and a.y0 < b.y0 + b.h + gap and b.y0 < a.y0 + a.h + gap)
+
+
+# ---- scene sampling ---------------------------------------------------------------------------
+def sample_scene(rng: np.random.Generator, scale: str, task: str, size: int = 112, frames: int = 4) -> Scene:
+    """Geometry, question and exact answer of one clip (no pixels)."""
+    for _ in range(20):
+        try:
+            return _try_scene(rng, scale, task, size, frames)
+        except _Retry:
+            continue
+    raise RuntimeError(f"could not lay out a {task} scene at scale {scale} in a {size}px frame")
+
+
+def _try_scene(rng: np.random.Generator, scale: str, task: str, size: int, frames: int) -> Scene:
+    ppm = size / VIEW_M[scale] * rng.uniform(1 - PPM_JITTER, 1 + PPM_JITTER)
+    pan = rng.uniform(0.15, 0.6) if task == "camera_displacement" else rng.uniform(0.0, 0.08)
+    angle = rng.uniform(-math.pi / 9, math.pi / 9) + (math.pi if rng.random() < 0.5 else 0.0)
+    dx, dy = round(pan * size * math.cos(angle)), round(pan * size * math.sin(angle))
+    steps = [(round(k * dx / (frames - 1)), round(k * dy / (frames - 1))) for k in range(frames)]
+    min_x, min_y = min(x for x, _ in steps), min(y for _, y in steps)
+    offsets = [(x - min_x, y - min_y) for x, y in steps]
+    scene = Scene(scale, task, size, ppm, (size + abs(dx), size + abs(dy)), offsets)
+    if task == "camera_displacement":  # landmarks anywhere on the ground
+        box = (1, scene.horizon + 2, scene.canvas[0] - 1, scene.canvas[1] - 1)
+    else:  # the part of the ground every frame sees
+        box = (max(x for x, _ in offsets) + 1, max(scene.horizon + 2, max(y for _, y in offsets) + 1),
+               min(x for x, _ in offsets) + size - 1, min(y for _, y in offsets) + size - 1)
+    _POSE[task](scene, _Placer(rng, box, scene.objects), rng)
+    return scene
+
+
+def _names(rng: np.random.Generator, k: int) -> list[str]:
+    return [NAMES[i] for i in rng.choice(len(NAMES), size=k, replace=False)]
+
+
+def _length(rng: np.random.Generator, size: int, lo: float, hi: float) -> int:
+    return round(rng.uniform(lo, hi) * size)
+
+
+def _numeric(scene: Scene, metres: float, squared: bool = False) -> None:
+    unit = scales.SCALE_BY_NAME[scene.scale].default_unit
+    if squared:
+        unit += "2"
+        value = scales.convert(metres, "m2", unit)
+    else:
+        value = scales.convert(metres, "m", unit)
+    scene.exact = value
+    scene.answer = Answer(scales.AnswerType.NUMERIC.value, format_number(value), unit)
+
+
+def _choice(scene: Scene, options: Sequence[str], correct: int) -> None:
+    letters = scales.CHOICE_LETTERS
+    choices = [f"{letters[i]}. {option}" for i, option in enumerate(options)]
+    scene.question += " " + " ".join(choices)
+    scene.exact = letters[correct]
+    scene.answer = Answer(scales.AnswerType.CHOICE.value, letters[correct], None, choices)
+
+
+def _place_target(scene: Scene, placer: _Placer, rng: np.random.Generator) -> tuple[str, SceneObject]:
+    """One large named object and up to one smaller distractor."""
+    target, *others = _names(rng, 1 + int(rng.integers(0, 2)))
+    obj = placer.place(target, _length(rng, scene.size, 0.15, 0.5), rng.uniform(0.4, 1.0))
+    for name in others:
+        placer.place(name, _length(rng, scene.size, 0.1, 0.25), rng.uniform(0.4, 1.0))
+    return target, obj
+
+
+def _pose_object_size(scene: Scene, placer: _Placer, rng: np.random.Generator) -> None:
+    target, obj = _place_target(scene, placer, rng)
+    scene.question = f"How long is the {target}?"
+    _numeric(scene, max(obj.w, obj.h) / scene.ppm)
+
+
+def _pose_area(scene: Scene, placer: _Placer, rng: np.random.Generator) -> None:
+    target, obj = _place_target(scene, placer, rng)
+    scene.question = f"What is the area of the {target}?"
+    _numeric(scene, obj.area_px / scene.ppm**2, squared=True)
+
+
+def _pose_object_distance(scene: Scene, placer: _Placer, rng: np.random.Generator) -> None:
+    a_name, b_name = _names(rng, 2)
+    a = placer.place(a_name, _length(rng, scene.size, 0.08, 0.2), rng.uniform(0.5, 1.0))
+    b = placer.place(b_name, _length(rng, scene.size, 0.08, 0.2), rng.uniform(0.5, 1.0))
+    if a.distance_to(b) < 0.25 * scene.size:
+        raise _Retry
+    scene.question = f"How far is the {a_name} from the {b_name}?"
+    _numeric(scene, a.distance_to(b) / scene.ppm)
+
+
+def _pose_camera_displacement(scene: Scene, placer: _Placer, rng: np.random.Generator) -> None:
+    for name in _names(rng, 2):
+        placer.place(name, _length(rng, scene.size, 0.1, 0.2), rng.uniform(0.5, 1.0))
+    (x0, y0), (x1, y1) = scene.offsets[0], scene.offsets[-1]
+    scene.question = "How far does the camera move?"
+    _numeric(scene, math.hypot(x1 - x0, y1 - y0) / scene.ppm)
+
+
+def _pose_relative_direction(scene: Scene, placer: _Placer, rng: np.random.Generator) -> None:
+    a_name, b_name = _names(rng, 2)
+    a = placer.place(a_name, _length(rng, scene.size, 0.1, 0.25), rng.uniform(0.5, 1.0))
+    b = placer.place(b_name, _length(rng, scene.size, 0.1, 0.25), rng.uniform(0.5, 1.0))
+    if abs(a.center[0] - b.center[0]) < 0.2 * scene.size:
+        raise _Retry
+    scene.question = f"Is the {a_name} left or right of the {b_name}?"
+    _choice(scene, ["left", "right"], 0 if a.center[0] < b.center[0] else 1)
+
+
+def _pose_closer(scene: Scene, placer: _Placer, rng: np.random.Generator) -> None:
+    ref_name, a_name, b_name = _names(rng, 3)
+    ref = placer.place(ref_name, _length(rng, scene.size, 0.1, 0.2), rng.uniform(0.5, 1.0))
+    a = placer.place(a_name, _length(rng, scene.size, 0.1, 0.2), rng.uniform(0.5, 1.0))
+    b = placer.place(b_name, _length(rng, scene.size, 0.1, 0.2), rng.uniform(0.5, 1.0))
+    da, db = ref.distance_to(a), ref.distance_to(b)
+    if max(da, db) < 1.4 * min(da, db):
+        raise _Retry
+    scene.question = f"Which is closer to the {ref_name}?"
+    _choice(scene, [a_name, b_name], 0 if da < db else 1)
+
+
+def _pose_larger(scene: Scene, placer: _Placer, rng: np.random.Generator) -> None:
+    a_name, b_name = _names(rng, 2)
+    small = _length(rng, scene.size, 0.12, 0.28)
+    big = min(round(small * rng.uniform(1.5, 2.0)), round(0.5 * scene.size))
+    a_len, b_len = (small, big) if rng.random() < 0.5 else (big, small)
+    a = placer.place(a_name, a_len, rng.uniform(0.7, 1.0))
+    b = placer.place(b_name, b_len, rng.uniform(0.7, 1.0))
+    if max(a.area_px, b.area_px) < 1.5 * min(a.area_px, b.area_px):
+        raise _Retry
+    scene.question = "Which is larger?"
+    _choice(scene, [a_name, b_name], 0 if a.area_px > b.area_px else 1)
+
+
+def _pose_count(scene: Scene, placer: _Placer, rng: np.random.Generator) -> None:
+    target, distractor = _names(rng, 2)
+    count = int(rng.integers(1, 5))
+    for _ in range(count):
+        placer.place(target, _length(rng, scene.size, 0.1, 0.2), rng.uniform(0.6, 1.0))
+    if rng.random() < 0.5:
+        placer.place(distractor, _length(rng, scene.size, 0.1, 0.2), rng.uniform(0.6, 1.0))
+    scene.question = f"How many {target}s are there?"
+    scene.exact = count
+    scene.answer = Answer(scales.AnswerType.COUNT.value, str(count))
+
+
+_POSE = {"object_size": _pose_object_size, "area": _pose_area, "object_distance": _pose_object_distance,
+         "camera_displacement": _pose_camera_displacement, "relative_direction": _pose_relative_direction,
+         "closer": _pose_closer, "larger": _pose_larger, "count": _pose_count}
+
+
+def format_number(value: float, digits: int = 3) -> str:
+    """``value`` rounded to ``digits`` significant digits, written without exponent or trailing zeros."""
+    if value == 0:
+        return "0"
+    rounded = round(value, digits - 1 - math.floor(math.log10(abs(value))))
+    return np.format_float_positional(rounded, trim="-")
+
+
+# ---- rendering -------------------------------------------------------------------------------
+def render(scene: Scene, rng: np.random.Generator) -> list[np.ndarray]:
+    """The clip's frames as uint8 HxWx3 arrays."""
+    canvas = _BACKGROUNDS[scene.scale](scene, rng)
+    for obj in scene.objects:
+        _draw(canvas, obj)
+    s = scene.size
+    return [canvas[y:y + s, x:x + s] for x, y in scene.offsets]
+
+
+def _grid(scene: Scene, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """World coordinates in metres of every canvas pixel (x along columns, y along rows), randomly shifted."""
+    w, h = scene.canvas
+    x = (np.arange(w) + rng.uniform(0, 1000)) / scene.ppm
+    y = (np.arange(h) + rng.uniform(0, 1000)) / scene.ppm
+    return np.broadcast_to(x[None, :], (h, w)), np.broadcast_to(y[:, None], (h, w))
+
+
+def _lines(coord: np.ndarray, period_m: float, ppm: float, width_px: float = 1.0) -> np.ndarray:
+    """True on pixels within ``width_px`` of a multiple of ``period_m``."""
+    return np.mod(coord * ppm, period_m * ppm) < width_px
+
+
+def _fill(shape: tuple[int, int], color: Sequence[float]) -> np.ndarray:
+    return np.broadcast_to(np.asarray(color, dtype=np.float32), (*shape, 3)).copy()
+
+
+def _cutting_mat(scene: Scene, rng: np.random.Generator) -> np.ndarray:
+    x, y = _grid(scene, rng)
+    img = _fill(x.shape, (30, 112, 84))
+    img[_lines(x, 0.01, scene.ppm) | _lines(y, 0.01, scene.ppm)] = (95, 170, 135)
+    img[_lines(x, 0.05, scene.ppm, 2) | _lines(y, 0.05, scene.ppm, 2)] = (200, 232, 212)
+    return img
+
+
+def _wood(scene: Scene, rng: np.random.Generator) -> np.ndarray:
+    x, y = _grid(scene, rng)
+    plank = np.floor(y / 0.15)
+    phase = np.sin(plank * 12.9898) * 43758.5453 % 1.0
+    grain = np.round(2 * np.sin(2 * np.pi * (y / 0.04 + 0.6 * np.sin(2 * np.pi * x / 0.5 + 6 * phase)))) / 2
+    img = _fill(x.shape, (168, 112, 62)) * (1 + 0.1 * grain + 0.12 * np.round(4 * phase) / 4)[..., None]
+    img[_lines(y, 0.15, scene.ppm)] = (82, 50, 24)
+    return img
+
+
+def _tiles(scene: Scene, rng: np.random.Generator) -> np.ndarray:
+    x, y = _grid(scene, rng)
+    checker = (np.floor(x / 0.8) + np.floor(y / 0.8)) % 2 == 0
+    img = np.where(checker[..., None], np.float32([168, 170, 182]), np.float32([128, 132, 146]))
+    img[_lines(x, 0.8, scene.ppm) | _lines(y, 0.8, scene.ppm)] = (62, 62, 66)
+    return img
+
+
+def _sky_grass(scene: Scene, rng: np.random.Generator) -> np.ndarray:
+    x, y = _grid(scene, rng)
+    stripes = np.floor(x / 4.0) % 2
+    img = _fill(x.shape, (72, 146, 54)) * (0.9 + 0.2 * stripes)[..., None]
+    rows = np.arange(scene.canvas[1], dtype=np.float32)[:, None]
+    t = (rows / max(scene.horizon, 1))[..., None]
+    sky = (1 - t) * np.float32([95, 160, 232]) + t * np.float32([190, 220, 245])
+    img[:scene.horizon] = np.broadcast_to(sky, img.shape)[:scene.horizon]
+    return img
+
+
+def _fields(scene: Scene, rng: np.random.Generator) -> np.ndarray:
+    x, y = _grid(scene, rng)
+    palette = np.float32([[206, 182, 86], [92, 140, 58], [142, 108, 66], [124, 134, 60], [176, 160, 96]])
+    col, row = np.floor(x / 80.0).astype(np.int64), np.floor(y / 80.0).astype(np.int64)
+    cell = ((col * 73856093) ^ (row * 19349663) ^ int(rng.integers(0, 1 << 20))) % 7919
+    img = palette[cell % len(palette)]
+    rows = np.floor(np.where(cell % 2 == 0, x, y) / 16.0) % 2
+    img = img * (0.92 + 0.16 * rows)[..., None]
+    img[_lines(x, 80.0, scene.ppm) | _lines(y, 80.0, scene.ppm)] = (182, 170, 146)
+    return img
+
+
+_BACKGROUNDS = {"tiny_tabletop": _cutting_mat, "tabletop": _wood, "indoor": _tiles,
+                "outdoor": _sky_grass, "drone": _fields}
+
+
+def _draw(canvas: np.ndarray, obj: SceneObject) -> None:
+    color = np.float32(COLORS[obj.name.split()[0]])
+    region = canvas[obj.y0:obj.y0 + obj.h, obj.x0:obj.x0 + obj.w]
+    if obj.shape == "block":
+        region[:] = color * 0.45
+        region[1:-1, 1:-1] = color
+        return
+    yy, xx = np.mgrid[0:obj.h, 0:obj.w]
+    r = obj.w / 2
+    dist = np.hypot(xx + 0.5 - r, yy + 0.5 - r)
+    region[dist <= r] = color * 0.45
+    region[dist <= r - 1.2] = color
+
+
+# ---- records and files -----------------------------------------------------------------------
+def synth_records(n: int, seed: int = 0, *, frames: int = 4, size: int = 112, test_fraction: float = 0.1,
+                  tasks: Sequence[str] = SYNTH_TASKS, instruction: bool = True) -> Iterator[Record]:
+    """The n records in index order, each with ``split`` "train" or "test"."""
+    _check_args(n, frames, size, test_fraction, tasks)
+    test = held_out_indices(n, seed, test_fraction, len(scales.SCALES) * len(tasks))
+    for i in range(n):
+        yield synth_record(i, seed, frames=frames, size=size, tasks=tasks, instruction=instruction,
+                           split="test" if i in test else "train")
+
+
+def held_out_indices(n: int, seed: int, test_fraction: float, cells: int = 5 * len(SYNTH_TASKS)) -> set[int]:
+    """round(n * test_fraction) seeded random indices, spread evenly over the (scale, task) cells (i % cells).
+
+    Each cell's members are ranked at random; the test split takes rank 0 of every cell, then rank 1, ...
+    (random order within a rank), so cells differ by at most one test record.
+    """
+    rng = np.random.default_rng([seed, 1])
+    cell, key = np.arange(n) % cells, rng.random(n)
+    by_cell = np.lexsort((key, cell))
+    rank = np.empty(n, dtype=np.int64)
+    rank[by_cell] = np.arange(n) - np.searchsorted(cell[by_cell], cell[by_cell])
+    chosen = np.lexsort((rng.random(n), rank))[:round(n * test_fraction)]
+    return {int(i) for i in chosen}
+
+
+def synth_record(i: int, seed: int = 0, *, frames: int = 4, size: int = 112, tasks: Sequence[str] = SYNTH_TASKS,
+                 instruction: bool = True, split: str = "train") -> Record:
+    """Record i of the synthetic dataset for ``seed``."""
+    rng = np.random.default_rng([seed, 0, i])
+    scene = sample_scene(rng, scales.SCALES[i % len(scales.SCALES)], tasks[(i // len(scales.SCALES)) % len(tasks)],
+                         size, frames)
+    video = [encode_frame(Image.fromarray(np.clip(frame, 0, 255).astype(np.uint8)))
+             for frame in render(scene, rng)]
+    return _to_record(scene, i, seed, [video], split, instruction)
+
+
+def _to_record(scene: Scene, i: int, seed: int, videos: list[list[Frame]], split: str, instruction: bool) -> Record:
+    prompt = [{"role": "system", "content": scales.OUTPUT_INSTRUCTION}] if instruction else []
+    prompt.append({"role": "user", "content": f"<video>\n{scene.question}"})
+    meta = {"reference": scene.reference(), "exact": scene.exact, "ppm": scene.ppm, "size": scene.size,
+            "canvas": list(scene.canvas), "offsets": [list(o) for o in scene.offsets],
+            "objects": [asdict(o) for o in scene.objects]}
+    return Record(id=f"synth-{seed}-{i:06d}", scale=scene.scale, task=scene.task, prompt=prompt,
+                  answer=scene.answer, data_source=DATA_SOURCE, videos=videos, split=split, index=i, meta=meta)
+
+
+def synthesize(out_dir: str | Path, n: int, seed: int = 0, *, frames: int = 4, size: int = 112,
+               test_fraction: float = 0.1, tasks: Sequence[str] = SYNTH_TASKS, instruction: bool = True,
+               rows_per_shard: int = 1000, overwrite: bool = False) -> dict:
+    """Write ``out_dir/{train,test}/part-*.parquet`` and ``out_dir/manifest.json``; returns the manifest."""
+    _check_args(n, frames, size, test_fraction, tasks)
+    out = Path(out_dir)
+    test = held_out_indices(n, seed, test_fraction, len(scales.SCALES) * len(tasks))
+    options = dict(frames=frames, size=size, tasks=tasks, instruction=instruction)
+    counts: dict[str, dict[str, Counter]] = {}
+    for split, indices in (("train", [i for i in range(n) if i not in test]), ("test", sorted(test))):
+        tally = counts[split] = {"scales": Counter(), "tasks": Counter()}
+        records = (synth_record(i, seed, split=split, **options) for i in indices)
+        write_records(_tallied(records, tally), out / split, rows_per_shard=rows_per_shard, overwrite=overwrite)
+    manifest = {
+        "generator": "spacevista.data.synth", "version": SYNTH_VERSION, "data_source": DATA_SOURCE,
+        "seed": seed, "n": n, "frames": frames, "size": size, "test_fraction": test_fraction,
+        "tasks": list(tasks), "instruction": instruction,
+        "splits": {split: {"count": sum(c["scales"].values()), "scales": dict(sorted(c["scales"].items())),
+                           "tasks": dict(sorted(c["tasks"].items()))} for split, c in counts.items()},
+    }
+    (out / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    return manifest
+
+
+def _tallied(records: Iterator[Record], tally: dict[str, Counter]) -> Iterator[Record]:
+    for record in records:
+        tally["scales"][record.scale] += 1
+        tally["tasks"][record.task] += 1
+        yield record
+
+
+def _check_args(n: int, frames: int, size: int, test_fraction: float, tasks: Sequence[str]) -> None:
+    if n < 0:
+        raise ValueError(f"n must be >= 0, got {n}")
+    if frames < 2:
+        raise ValueError(f"frames must be >= 2 (the camera moves between frames), got {frames}")
+    if size < 32:
+        raise ValueError(f"size must be >= 32 px, got {size}")
+    if not 0 <= test_fraction < 1:
+        raise ValueError(f"test_fraction must be in [0, 1), got {test_fraction}")
+    unknown = [t for t in tasks if t not in _POSE]
+    if unknown or not tasks:
+        raise ValueError(f"synthetic tasks must be a non-empty subset of {list(SYNTH_TASKS)}, got {list(tasks)}")
+
+
+def tokenizer_corpus(samples: int = 400, seed: int = 0) -> list[str]:
+    """Texts the tiny tokenizer is trained on: instruction, scale names, units, tags, questions, references."""
+    texts = [scales.OUTPUT_INSTRUCTION, " ".join(scales.CHOICE_LETTERS), " ".join(str(d) for d in range(10))]
+    texts += [f"{s.name} {s.display} {s.bench_category} {s.default_unit} {CUES[s.name]}" for s in scales.SCALE_SPECS]
+    texts += [" ".join(scales.LENGTH_UNITS), " ".join(scales.AREA_UNITS), " ".join(NAMES), " ".join(scales.TASKS)]
+    for i in range(samples):
+        rng = np.random.default_rng([seed, 2, i])
+        scene = sample_scene(rng, scales.SCALES[i % len(scales.SCALES)],
+                             SYNTH_TASKS[(i // len(scales.SCALES)) % len(SYNTH_TASKS)])
+        texts += [f"<video>\n{scene.question}", scene.reference()]
+    return texts
