@@ -1,0 +1,142 @@
+"""The stepwise reward: format, then scale, then the answer, combined with weights and gates, and
+its verl entry point `compute_score`."""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Any
+
+from spacevista.scales import AnswerType
+from spacevista.rewards.components import (ACCURACY_REWARDS, COUNT_EXACT_MAX, AccuracyReward, count_reward,
+                                           format_reward, scale_reward)
+from spacevista.rewards.parse import parse_completion
+from spacevista.rewards.truth import GroundTruth, GroundTruthError, parse_ground_truth
+
+ACCURACY = "accuracy"  # the key under which compute_score reports the answer component
+
+
+@dataclass(frozen=True, slots=True)
+class RewardWeights:
+    """Component weights and gates for one curriculum stage; the weights are normalised to sum 1."""
+
+    format: float = 0.1
+    scale: float = 0.2
+    accuracy: float = 0.7
+    gate_format: bool = True  # the answer scores only when the format is valid
+    gate_scale: bool = False  # "scale before answer": the answer scores only when the scale is right
+
+    def __post_init__(self) -> None:
+        for name in ("format", "scale", "accuracy"):
+            value = getattr(self, name)
+            if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
+                raise ValueError(f"reward weight {name!r} must be a finite number >= 0, got {value!r}")
+        if self.total_weight <= 0:
+            raise ValueError("reward weights must not all be 0")
+
+    @property
+    def total_weight(self) -> float:
+        return self.format + self.scale + self.accuracy
+
+
+@dataclass(slots=True)
+class RewardBreakdown:
+    """One sample's reward: `total` in [0, 1] and each component (`format`, `scale`, the answer
+    type's `numeric`/`choice`/`count`/`text`, then plugins by name) with the reason for its value."""
+
+    total: float
+    components: dict[str, float]
+    reasons: dict[str, str]
+    scale: str | None
+    task: str | None
+    error: str | None = None
+
+
+def error_breakdown(error: str) -> RewardBreakdown:
+    """A sample that could not be scored: total 0 and the reason."""
+    return RewardBreakdown(0.0, {}, {}, None, None, error)
+
+
+@dataclass(slots=True)
+class StepwiseReward:
+    """Scores completions against ground truths with the current `weights` (replace them between
+    steps as the curriculum says; they are read once per sample)."""
+
+    weights: RewardWeights = field(default_factory=RewardWeights)
+    neighbour_scale_credit: float = 0.0  # scale credit for a scale adjacent to the record's
+    count_exact_max: int = COUNT_EXACT_MAX
+    _accuracy: dict[AnswerType, AccuracyReward] = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.neighbour_scale_credit <= 1.0:
+            raise ValueError(f"neighbour_scale_credit must be in [0, 1], got {self.neighbour_scale_credit!r}")
+        self._accuracy = {**ACCURACY_REWARDS,
+                          AnswerType.COUNT: partial(count_reward, exact_max=self.count_exact_max)}
+
+    def score(self, truth: GroundTruth, completion: str) -> RewardBreakdown:
+        """Score one completion against a parsed ground truth."""
+        weights = self.weights
+        parsed = parse_completion(completion)
+        format_value, format_reason = format_reward(parsed)
+        scale_value, scale_reason = scale_reward(parsed.scale, truth.scale, self.neighbour_scale_credit)
+        if weights.gate_format and format_value < 1.0:
+            accuracy, accuracy_reason = 0.0, "gated: format invalid"
+        elif weights.gate_scale and scale_value < 1.0:
+            accuracy, accuracy_reason = 0.0, "gated: scale not right"
+        else:
+            accuracy, accuracy_reason = self._accuracy[truth.type](parsed.answer, truth)
+        weighted = weights.format * format_value + weights.scale * scale_value + weights.accuracy * accuracy
+        total = min(1.0, weighted / weights.total_weight)
+        name = truth.type.value
+        return RewardBreakdown(
+            total,
+            {"format": format_value, "scale": scale_value, name: accuracy},
+            {"format": format_reason, "scale": scale_reason, name: accuracy_reason},
+            truth.scale, truth.task)
+
+
+DEFAULT_STEPWISE = StepwiseReward()
+
+
+def compute_score(data_source: str, solution_str: str, ground_truth: dict[str, Any] | str,
+                  extra_info: dict[str, Any] | None = None, **verl_kwargs: Any) -> dict[str, Any]:
+    """verl `custom_reward_function`: the stepwise reward with default weights.
+
+    The dict has the same keys for every sample, as verl stacks them across the batch: `score`,
+    `format`, `scale`, `accuracy` (the answer component), `answer_type` and `error` ("" if none).
+    `verl_kwargs` (reward-router arguments verl may pass) are not used.
+    """
+    try:
+        truth = parse_ground_truth(ground_truth)
+    except GroundTruthError as err:
+        return {"score": 0.0, "format": 0.0, "scale": 0.0, ACCURACY: 0.0, "answer_type": "",
+                "error": f"ground truth: {err}"}
+    breakdown = DEFAULT_STEPWISE.score(truth, solution_str)
+    name = truth.type.value
+    return {"score": breakdown.total, "format": breakdown.components["format"], "scale": breakdown.components["scale"],
+            ACCURACY: breakdown.components[name], "answer_type": name, "error": ""}
+
+
+def aggregate_breakdowns(breakdowns: Iterable[RewardBreakdown], by: str = "scale") -> dict[str, dict[str, float]]:
+    """Means of `total` and of each component per group (`by` = "scale" or "task") and over "all",
+    with `n` samples and `errors` (samples with an error) per group: rows of a logging table."""
+    if by not in ("scale", "task"):
+        raise ValueError(f"aggregate by 'scale' or 'task', not {by!r}")
+    sums: dict[str, dict[str, float]] = defaultdict(lambda: defaultdict(float))
+    counts: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
+    for breakdown in breakdowns:
+        for group in (getattr(breakdown, by) or "unknown", "all"):
+            group_sums, group_counts = sums[group], counts[group]
+            group_counts["n"] += 1
+            group_counts["errors"] += breakdown.error is not None
+            group_sums["total"] += breakdown.total
+            group_counts["total"] += 1
+            for name, value in breakdown.components.items():
+                group_sums[name] += value
+                group_counts[name] += 1
+    return {group: {"n": float(counts[group]["n"]), "errors": float(counts[group]["errors"]),
+                    **{name: total / counts[group][name] for name, total in sums[group].items()}}
+            for group in sums}
