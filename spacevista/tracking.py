@@ -21,15 +21,16 @@ console = Console(stderr=True)
 def reward_table(title: str, per_scale: Mapping[str, Mapping[str, float]]) -> Table:
     """Rows: scales (near -> far) and overall; columns: reward components and total."""
     comps = sorted({c for v in per_scale.values() for c in v if c not in ("total", "count")})
+    tail = [c for c in ("total", "count") if any(c in v for v in per_scale.values())]
     table = Table(title=title)
     table.add_column("scale")
-    for c in comps + ["total", "count"]:
+    for c in comps + tail:
         table.add_column(c, justify="right")
     order = [s for s in SCALES if s in per_scale] + [s for s in per_scale if s not in SCALES]
     for scale in order:
         row = per_scale[scale]
-        table.add_row(scale, *[f"{row[c]:.3f}" if c in row else "-" for c in comps + ["total"]],
-                      str(int(row.get("count", 0))))
+        cells = [(str(int(row[c])) if c == "count" else f"{row[c]:.3f}") if c in row else "-" for c in comps + tail]
+        table.add_row(scale, *cells)
     return table
 
 

@@ -1,5 +1,8 @@
 """Structured configs: every key the training job reads, with its type and default.
 
+The learner's component configs (LoRA experts, objective, optimizer, router) are the policies'
+own dataclasses, so a key has one home.
+
 Hydra composes `train.yaml` and its groups on top of `TrainConfig`; OmegaConf's struct mode then
 rejects an unknown key or an ill-typed value, naming the key, before Ray starts. Pure data: no ray.
 """
@@ -9,6 +12,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Optional
 
+from spacevista.policies.experts import ExpertLoRAConfig
+from spacevista.policies.objectives import ObjectiveConfig
+from spacevista.policies.optim import OptimConfig
+from spacevista.policies.router import RouterConfig
 from spacevista.scales import SCALES
 
 
@@ -29,20 +36,12 @@ class TinyArchConfig:
 
 
 @dataclass
-class LoRAConfig:
-    rank: int = 16
-    alpha: int = 32
-    dropout: float = 0.0
-    target_modules: str = r".*language_model\.layers\.\d+\.(self_attn\.(q|k|v|o)_proj|mlp\.(gate|up|down)_proj)"
-
-
-@dataclass
 class ModelConfig:
     path: str = ""  # a local Hugging Face directory; "" builds the tiny offline policy
     cache_dir: str = "~/.cache/spacevista/models"
     dtype: str = "float32"  # float32 on CPU (bf16 is slower on AVX2-only CPUs); bfloat16 on GPU
     tiny: TinyArchConfig = field(default_factory=TinyArchConfig)
-    lora: LoRAConfig = field(default_factory=LoRAConfig)
+    lora: ExpertLoRAConfig = field(default_factory=ExpertLoRAConfig)
     experts: list[str] = field(default_factory=lambda: list(SCALES))
 
 
@@ -97,39 +96,9 @@ class RewardConfig:
 
 
 @dataclass
-class ObjectiveConfig:
-    adv_estimator: str = "grpo"  # any verl estimator: grpo | rloo | reinforce_plus_plus | ...
-    policy_loss: str = "vanilla"  # any verl policy loss: vanilla | gspo | ...
-    clip_ratio_low: float = 0.2
-    clip_ratio_high: float = 0.2  # > clip_ratio_low: DAPO-style asymmetric clipping
-    loss_agg_mode: str = "token-mean"
-    kl_coef: float = 0.01
-    kl_penalty: str = "low_var_kl"
-    norm_adv_by_std_in_grpo: bool = True
-    entropy_coeff: float = 0.0
-
-
-@dataclass
-class OptimConfig:
-    lr: float = 1e-3
-    weight_decay: float = 0.0
-    grad_clip: float = 1.0
-    warmup_steps: int = 0
-    schedule: str = "constant"  # constant | cosine
-
-
-@dataclass
-class RouterConfig:
-    mode: str = "label"  # label | learned
-    lr: float = 1e-3
-    hidden: int = 64
-
-
-@dataclass
 class SFTConfig:
     steps: int = 30  # supervised warm-up steps before RL (0 disables)
     batch_size: int = 32
-    lr: float = 2e-3
     full_params: bool = True  # a random tiny base must be warmed up itself before LoRA experts can learn
 
 
@@ -140,7 +109,7 @@ class LearnerConfig:
     router: RouterConfig = field(default_factory=RouterConfig)
     sft: SFTConfig = field(default_factory=SFTConfig)
     micro_batch_size: int = 16
-    fsdp: bool = True
+    fsdp: bool = True  # FSDP2 across learner ranks (gloo on CPU, NCCL on GPU)
 
 
 @dataclass

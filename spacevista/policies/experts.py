@@ -7,12 +7,16 @@ name), so checkpoints are ordinary peft adapter directories and vLLM can serve t
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+import os
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model
-from peft.utils import get_peft_model_state_dict, set_peft_model_state_dict
+from peft.utils import SAFETENSORS_WEIGHTS_NAME, get_peft_model_state_dict, set_peft_model_state_dict
+from safetensors.torch import save_file
 
 # Linear layers of the language model's decoder layers only (never `visual.*`).
 LANGUAGE_MODEL_TARGET = r".*language_model\.layers\.\d+\.(self_attn\.(q|k|v|o)_proj|mlp\.(gate|up|down)_proj)"
@@ -39,7 +43,8 @@ def attach_experts(model: torch.nn.Module, names: Iterable[str], lora: ExpertLoR
     """Wrap `model` in peft with one LoRA adapter per name; base weights frozen.
 
     peft leaves only the first (or the active) adapter trainable; we set requires_grad on every
-    expert's LoRA parameters explicitly so that one optimizer sees all experts.
+    expert's LoRA parameters explicitly so that one optimizer sees all experts. Returned in eval
+    mode: mixed-expert batches (`adapter_names=`) need it, for training too (dropout is 0).
     """
     names = list(names)
     if not names:
@@ -51,7 +56,7 @@ def attach_experts(model: torch.nn.Module, names: Iterable[str], lora: ExpertLoR
     for name in names[1:]:
         peft_model.add_adapter(name, (lora or ExpertLoRAConfig()).to_peft())
     set_experts_trainable(peft_model, names if trainable else [])
-    return peft_model
+    return peft_model.eval()  # get_peft_model leaves train mode, where peft refuses `adapter_names`
 
 
 def expert_names(model: PeftModel) -> list[str]:
@@ -94,3 +99,32 @@ def load_expert_state_dict(model: PeftModel, expert: str, state: Mapping[str, to
     missing = [k for k in (getattr(result, "missing_keys", []) or []) if _is_expert_param(k, expert)]
     if missing:
         raise KeyError(f"expert {expert!r}: adapter keys missing from the update {missing[:5]}")
+
+
+@contextmanager
+def base_model_only(model: PeftModel) -> Iterator[None]:
+    """Run the bare base model (every expert off), e.g. for reference log-probs.
+
+    peft's `disable_adapter` freezes all LoRA weights on entry and, on exit, leaves only the ACTIVE
+    adapter trainable; we restore every parameter's requires_grad as it was.
+    """
+    flags = [(p, p.requires_grad) for p in model.parameters()]
+    try:
+        with model.disable_adapter():
+            yield
+    finally:
+        for param, flag in flags:
+            param.requires_grad_(flag)
+
+
+def write_expert_dir(path: str | os.PathLike, config: LoraConfig, state: Mapping[str, torch.Tensor]) -> Path:
+    """Write one expert as a peft adapter directory (adapter_config.json + safetensors).
+
+    `state` is in peft's saved format (see `expert_state_dict`); the directory loads with
+    `PeftModel.from_pretrained(base, path, adapter_name=...)` and vLLM's `LoRARequest`.
+    """
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    config.save_pretrained(str(path))
+    save_file({k: v.detach().to("cpu").contiguous() for k, v in state.items()}, str(path / SAFETENSORS_WEIGHTS_NAME))
+    return path

@@ -162,6 +162,9 @@ def build_tiny_policy(cache_dir: str | os.PathLike, corpus: Iterable[str],
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=".build-"))
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
     try:
         tokenizer = _train_tokenizer(corpus, cfg.vocab_size)
         processor = _build_processor(tokenizer, cfg)

@@ -1,0 +1,162 @@
+"""Learner ranks as Ray actors in one placement group, forming one torch.distributed group.
+
+Each `LearnerWorker` holds a `LearnerCore` (policies/learner.py: FSDP2 over the policy, experts and
+router, verl objectives). The `LearnerGroup` on the controller side fans a batch out in equal shares,
+and turns rank 0's gathered adapters into object-store refs that rollout workers pull.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import socket
+from pathlib import Path
+from typing import Any
+
+import ray
+import torch
+
+from spacevista import checkpointing
+from spacevista.actors.pool import actor_options, split_even
+from spacevista.actors.workers import init_actor_process
+from spacevista.cluster.resources import RoleGroup
+from spacevista.configs.schema import TrainConfig
+from spacevista.policies.batch import collate
+from ray.util.placement_group import remove_placement_group
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("", 0))
+        return s.getsockname()[1]
+
+
+@ray.remote
+class LearnerWorker:
+    """One learner rank."""
+
+    def __init__(self, rank: int, world_size: int, cfg: TrainConfig, model_path: str):
+        init_actor_process()
+        self.rank, self.world_size, self.cfg, self.model_path = rank, world_size, cfg, model_path
+        self.core = None
+
+    def rendezvous(self) -> tuple[str, int]:
+        """Rank 0's address for the process group (called on rank 0 only)."""
+        return ray.util.get_node_ip_address(), _free_port()
+
+    def setup(self, master_addr: str, master_port: int) -> int:
+        import torch.distributed as dist
+
+        from spacevista.policies.learner import LearnerCore
+
+        backend = self.cfg.cluster.backend
+        if backend == "auto":
+            backend = "nccl" if torch.cuda.is_available() and self.cfg.cluster.learner.num_gpus > 0 else "gloo"
+        dist.init_process_group(backend, init_method=f"tcp://{master_addr}:{master_port}",
+                                rank=self.rank, world_size=self.world_size)
+        cfg = self.cfg
+        device = "cuda" if backend == "nccl" else "cpu"
+        self.core = LearnerCore(
+            self.model_path, cfg.model.experts, lora=cfg.model.lora, objective=cfg.learner.objective,
+            optim=dataclasses.replace(cfg.learner.optim, total_steps=cfg.steps), router=cfg.learner.router,
+            micro_batch_size=cfg.learner.micro_batch_size, fsdp=cfg.learner.fsdp, device=device,
+            sft_full_params=cfg.learner.sft.full_params, temperature=cfg.rollout.temperature, seed=cfg.seed)
+        return self.rank
+
+    def sft_step(self, samples: list, targets: list[str]) -> dict[str, float]:
+        return self.core.sft_step(samples, targets)
+
+    def rl_step(self, samples: list, version: int) -> tuple[dict[str, float], dict[str, Any] | None]:
+        """One update; rank 0 also returns {expert: (version, ref)} for the experts the global batch moved."""
+        metrics = self.core.rl_step(collate(self.core.processor, samples))
+        return metrics, self._publish(self.core.stepped_experts, version)
+
+    def publish_experts(self, version: int) -> dict[str, Any] | None:
+        return self._publish(None, version)
+
+    def _publish(self, experts: list[str] | None, version: int) -> dict[str, Any] | None:
+        if experts is not None and not experts:
+            return {} if self.rank == 0 else None
+        weights = self.core.expert_state_dicts(experts)  # a collective: every rank calls it
+        if self.rank != 0:
+            return None
+        return {e: (version, ray.put(sd)) for e, sd in weights.items()}
+
+    def export_policy(self, path: str) -> str:
+        self.core.export_policy(path)  # collective; rank 0 writes
+        return path
+
+    def save(self, directory: str) -> None:
+        self.core.save_checkpoint(directory)
+
+    def load(self, directory: str) -> None:
+        self.core.load_checkpoint(directory)
+
+    def ping(self) -> int:
+        return os.getpid()
+
+    def shutdown(self) -> None:
+        import torch.distributed as dist
+
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+class LearnerGroup:
+    """The learner ranks; every call goes to all ranks at once (their collectives must match)."""
+
+    def __init__(self, cfg: TrainConfig, model_path: Path, group: RoleGroup, run_name: str):
+        self.cfg, self.group = cfg, group
+        world = group.config.count
+        self.workers = [LearnerWorker.options(**actor_options(group, r, run_name)).remote(r, world, cfg, str(model_path))
+                        for r in range(world)]
+        addr, port = ray.get(self.workers[0].rendezvous.remote())
+        ray.get([w.setup.remote(addr, port) for w in self.workers])
+
+    def _all(self, method: str, *per_rank: list[Any], shared: tuple = ()) -> list[Any]:
+        refs = [getattr(w, method).remote(*[p[r] for p in per_rank], *shared) for r, w in enumerate(self.workers)]
+        return ray.get(refs)
+
+    def sft_step(self, samples: list, targets: list[str]) -> dict[str, float]:
+        n = len(self.workers)
+        return _mean_metrics(self._all("sft_step", split_even(samples, n), split_even(targets, n)))
+
+    def rl_step(self, samples: list, version: int) -> tuple[dict[str, float], dict[str, Any]]:
+        results = self._all("rl_step", split_even(samples, len(self.workers)), shared=(version,))
+        return _mean_metrics([m for m, _ in results]), results[0][1] or {}
+
+    def expert_refs(self, version: int) -> dict[str, Any]:
+        return self._all("publish_experts", shared=(version,))[0] or {}
+
+    def export_policy(self, path: Path) -> Path:
+        self._all("export_policy", shared=(str(path),))
+        return path
+
+    def save(self, run_dir: Path, step: int, curriculum: dict, sampler: dict, keep: int) -> Path:
+        """Every rank writes its part into one staging directory; the controller commits it atomically."""
+        import json
+
+        tmp = checkpointing.staging_dir(run_dir, step)
+        self._all("save", shared=(str(tmp),))
+        (tmp / "controller.json").write_text(json.dumps({"curriculum": curriculum, "sampler": sampler}))
+        return checkpointing.commit(tmp, step, {"world_size": len(self.workers)}, keep)
+
+    def load(self, checkpoint: Path) -> dict[str, Any]:
+        import json
+
+        self._all("load", shared=(str(checkpoint),))
+        return json.loads((checkpoint / "controller.json").read_text())
+
+    def shutdown(self) -> None:
+        try:
+            ray.get([w.shutdown.remote() for w in self.workers], timeout=30)
+        except Exception:  # noqa: BLE001 - a dead rank must not block the others' teardown
+            pass
+        for w in self.workers:
+            ray.kill(w, no_restart=True)
+        remove_placement_group(self.group.pg)
+
+
+def _mean_metrics(per_rank: list[dict[str, float]]) -> dict[str, float]:
+    keys = set().union(*per_rank) if per_rank else set()
+    return {k: sum(m[k] for m in per_rank if k in m) / sum(1 for m in per_rank if k in m) for k in sorted(keys)}

@@ -1,0 +1,72 @@
+"""A role's workers (rollout or reward) in their placement group: fan a batch out, gather in order."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import ray
+from ray.util.placement_group import remove_placement_group
+
+from spacevista.actors.workers import RewardWorker, RolloutWorker
+from spacevista.cluster.resources import RoleGroup
+from spacevista.configs.schema import RoleConfig, TrainConfig
+
+
+def actor_options(group: RoleGroup, index: int, run_name: str) -> dict[str, Any]:
+    """Placement, name, restart policy and thread count for the index-th worker of a role."""
+    role: RoleConfig = group.config
+    threads = max(1, int(round(role.num_cpus)))
+    return dict(
+        **group.options(index, run_name),
+        max_restarts=role.max_restarts,
+        max_task_retries=role.max_restarts,  # a call in flight when the worker died runs again after restart
+        runtime_env={"env_vars": {"SPACEVISTA_ACTOR_THREADS": str(threads), "OMP_NUM_THREADS": str(threads),
+                                  "TOKENIZERS_PARALLELISM": "false"}},
+    )
+
+
+def split_even(items: Sequence[Any], parts: int) -> list[list[Any]]:
+    """Contiguous chunks whose sizes differ by at most one (order preserved when concatenated)."""
+    bounds = np.linspace(0, len(items), parts + 1).round().astype(int)
+    return [list(items[a:b]) for a, b in zip(bounds[:-1], bounds[1:])]
+
+
+class WorkerPool:
+    """Workers of one role. Calls go to all workers at once; results come back in input order."""
+
+    def __init__(self, role: str, actors: list, group: RoleGroup):
+        self.role = role
+        self.actors = actors
+        self.group = group
+        ray.get([a.ping.remote() for a in actors])  # fail fast (and here) if a worker cannot start
+
+    @classmethod
+    def rollout(cls, cfg: TrainConfig, model_path: str, group: RoleGroup, run_name: str) -> WorkerPool:
+        actors = [RolloutWorker.options(**actor_options(group, i, run_name)).remote(model_path, cfg.model, cfg.rollout)
+                  for i in range(group.config.count)]
+        return cls("rollout", actors, group)
+
+    @classmethod
+    def reward(cls, cfg: TrainConfig, reward_config: dict[str, Any], group: RoleGroup, run_name: str) -> WorkerPool:
+        actors = [RewardWorker.options(**actor_options(group, i, run_name)).remote(reward_config)
+                  for i in range(group.config.count)]
+        return cls("reward", actors, group)
+
+    def _fan_out(self, method: str, items: Sequence[Any], *args: Any, **kwargs: Any) -> list[Any]:
+        chunks = split_even(items, min(len(self.actors), max(1, len(items))))
+        refs = [getattr(a, method).remote(chunk, *args, **kwargs) for a, chunk in zip(self.actors, chunks) if chunk]
+        return [x for part in ray.get(refs) for x in part]
+
+    def generate(self, requests: Sequence[Any], params: Any, version: int, experts: dict) -> list[Any]:
+        """Completions, request-major, `params.n` per request."""
+        return self._fan_out("generate", requests, params, version, experts)
+
+    def score(self, items: Sequence[Any], weights: dict[str, Any]) -> list[Any]:
+        return self._fan_out("score", items, weights)
+
+    def shutdown(self) -> None:
+        for a in self.actors:
+            ray.kill(a, no_restart=True)
+        remove_placement_group(self.group.pg)

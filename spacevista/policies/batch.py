@@ -1,0 +1,155 @@
+"""The learner's input: one `TrainSample` per completion, collated into a verl `DataProto`.
+
+Layout (verl's): `input_ids` = left-padded prompt followed by the right-padded response, so every
+row's prompt ends at the same column and `responses` is the last `R` columns. Vision inputs are
+kept PER SAMPLE in the non-tensor field `multi_modal_inputs` (a dict of `pixel_values`,
+`image_grid_thw`, `pixel_values_videos`, `video_grid_thw`, `second_per_grid_ts` for that sample),
+as verl does: Qwen2.5-VL concatenates all patches of a batch into one `pixel_values` tensor, so a
+batch-level tensor cannot follow `DataProto.split/select_idxs/chunk`; per-sample dicts can, and
+`verl.utils.model.extract_multi_modal_inputs` concatenates them again for each micro-batch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+from verl import DataProto
+
+from spacevista.policies.chat import to_chat_messages
+
+END_OF_TURN = "<|im_end|>"  # closes the assistant turn in the Qwen chat template (the policy's eos)
+
+
+@dataclass(kw_only=True)
+class TrainSample:
+    """One completion of one prompt, as the learner needs it."""
+
+    messages: list[dict[str, Any]]  # the record's prompt: [{role, content}] with <image>/<video> placeholders
+    response_ids: list[int]
+    expert: str
+    images: list[Image.Image] = field(default_factory=list)
+    videos: list[list[Image.Image]] = field(default_factory=list)  # each video: its frames
+    old_logprobs: list[float] | None = None  # sampled-token log-probs from the rollout engine
+    advantage: float = 0.0
+    scale_label: str | None = None
+    uid: str = ""  # prompt group id (GRPO groups by it)
+    record_id: str = "?"
+
+
+def _object_array(values: Sequence[Any]) -> np.ndarray:
+    out = np.empty(len(values), dtype=object)
+    out[:] = list(values)
+    return out
+
+
+def _split_rows(tensor: torch.Tensor | None, grid_thw: torch.Tensor | None, counts: list[int]) -> list[tuple]:
+    """Per sample: (its rows of the concatenated patch tensor, its grid_thw rows)."""
+    if tensor is None or grid_thw is None:
+        return [(None, None)] * len(counts)
+    patches = torch.split(tensor, grid_thw.prod(-1).tolist())
+    out, i = [], 0
+    for n in counts:
+        out.append((torch.cat(patches[i:i + n]) if n else None, grid_thw[i:i + n] if n else None))
+        i += n
+    return out
+
+
+def _vision_per_sample(enc: dict[str, Any], samples: Sequence[TrainSample]) -> list[dict[str, torch.Tensor]]:
+    images = _split_rows(enc.get("pixel_values"), enc.get("image_grid_thw"), [len(s.images) for s in samples])
+    n_videos = [len(s.videos) for s in samples]
+    videos = _split_rows(enc.get("pixel_values_videos"), enc.get("video_grid_thw"), n_videos)
+    seconds = enc.get("second_per_grid_ts")
+    seconds = torch.as_tensor(seconds, dtype=torch.float32) if seconds is not None else None
+    out, v = [], 0
+    for (pix, img_thw), (vid, vid_thw), n in zip(images, videos, n_videos):
+        inputs: dict[str, torch.Tensor] = {}
+        if pix is not None:
+            inputs.update(pixel_values=pix, image_grid_thw=img_thw)
+        if vid is not None:
+            inputs.update(pixel_values_videos=vid, video_grid_thw=vid_thw)
+            if seconds is not None:
+                inputs["second_per_grid_ts"] = seconds[v:v + n]
+        v += n
+        out.append(inputs)
+    return out
+
+
+def _right_pad(rows: Sequence[Sequence[float]], width: int, value: float, dtype: torch.dtype) -> torch.Tensor:
+    out = torch.full((len(rows), width), value, dtype=dtype)
+    for i, row in enumerate(rows):
+        out[i, :len(row)] = torch.as_tensor(list(row), dtype=dtype)
+    return out
+
+
+def collate(processor, samples: Sequence[TrainSample]) -> DataProto:
+    """Encode prompts (left-padded) + responses (right-padded) into a verl `DataProto`.
+
+    Tensors: input_ids, attention_mask, mm_token_type_ids (Qwen-VL needs it for its 3D rope
+    positions), responses, response_mask, advantages (the sample's advantage on every response
+    token), old_log_probs (only when every sample carries them). Non-tensors: expert, uid,
+    scale_label, record_id, multi_modal_inputs.
+    """
+    if not samples:
+        raise ValueError("collate: no samples")
+    for s in samples:
+        if not s.response_ids:
+            raise ValueError(f"record {s.record_id}: empty response")
+        if s.old_logprobs is not None and len(s.old_logprobs) != len(s.response_ids):
+            raise ValueError(f"record {s.record_id}: {len(s.old_logprobs)} old log-probs for "
+                             f"{len(s.response_ids)} response tokens")
+    has_old = [s.old_logprobs is not None for s in samples]
+    if any(has_old) and not all(has_old):
+        raise ValueError("collate: old_logprobs must be given for all samples or none")
+
+    texts = [processor.apply_chat_template(to_chat_messages(s.messages, len(s.images), len(s.videos), s.record_id),
+                                          add_generation_prompt=True, tokenize=False) for s in samples]
+    images = [img for s in samples for img in s.images] or None
+    videos = [vid for s in samples for vid in s.videos] or None
+    enc = processor(text=texts, images=images, videos=videos, padding=True, padding_side="left", return_tensors="pt")
+
+    width = max(len(s.response_ids) for s in samples)
+    pad_id = processor.tokenizer.pad_token_id
+    responses = _right_pad([s.response_ids for s in samples], width, pad_id, torch.long)
+    response_mask = _right_pad([[1] * len(s.response_ids) for s in samples], width, 0, torch.long)
+    tensors = {
+        "input_ids": torch.cat([enc["input_ids"], responses], dim=1),
+        "attention_mask": torch.cat([enc["attention_mask"], response_mask], dim=1),
+        "responses": responses,
+        "response_mask": response_mask,
+        "advantages": torch.tensor([s.advantage for s in samples], dtype=torch.float32)[:, None] * response_mask,
+    }
+    if "mm_token_type_ids" in enc:
+        tensors["mm_token_type_ids"] = torch.cat([enc["mm_token_type_ids"], torch.zeros_like(responses)], dim=1)
+    if all(has_old):
+        tensors["old_log_probs"] = _right_pad([s.old_logprobs for s in samples], width, 0.0, torch.float32)
+    non_tensors = {
+        "expert": _object_array([s.expert for s in samples]),
+        "uid": _object_array([s.uid for s in samples]),
+        "scale_label": _object_array([s.scale_label for s in samples]),
+        "record_id": _object_array([s.record_id for s in samples]),
+        "multi_modal_inputs": _object_array(_vision_per_sample(enc, samples)),
+    }
+    return DataProto.from_dict(tensors=tensors, non_tensors=non_tensors)
+
+
+def sft_collate(processor, samples: Sequence[TrainSample], targets: Sequence[str]) -> DataProto:
+    """Collate (prompt, reference completion) pairs: the completion, closed by the end-of-turn
+    token, becomes the response; `labels` is `input_ids` with -100 everywhere but the completion."""
+    if len(samples) != len(targets):
+        raise ValueError(f"sft_collate: {len(samples)} samples but {len(targets)} targets")
+    tok = processor.tokenizer
+    eos = tok.convert_tokens_to_ids(END_OF_TURN)
+    with_targets = [replace(s, response_ids=tok(t, add_special_tokens=False)["input_ids"] + [eos],
+                            old_logprobs=None, advantage=0.0) for s, t in zip(samples, targets)]
+    batch = collate(processor, with_targets)
+    labels = batch.batch["input_ids"].clone()
+    prompt_len = labels.shape[1] - batch.batch["responses"].shape[1]
+    labels[:, :prompt_len] = -100
+    labels[:, prompt_len:][batch.batch["response_mask"] == 0] = -100
+    batch.batch["labels"] = labels
+    return batch

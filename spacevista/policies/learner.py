@@ -1,0 +1,291 @@
+"""`LearnerCore`: the pure learner (no Ray): RL and SFT steps on the scale experts, weights out.
+
+One RL step, top to bottom (`rl_step`):
+  1. one all-gather of small per-rank stats: which experts are present, token / sequence /
+     labelled counts (global loss normalisation), micro-batch count (must agree across ranks);
+  2. per micro-batch: reference log-probs (experts off, no grad; only when kl_coef > 0), policy
+     log-probs with each sample through its own expert (peft mixed batch), verl policy loss + KL,
+     backward (FSDP reduces gradients after the last micro-batch only);
+  3. router: cross-entropy of the classifier on the prompt features captured in step 2;
+  4. AdamW step on the groups present in the GLOBAL batch only (others: grads dropped), LR schedule.
+
+Under FSDP (`fsdp=True`) the caller has initialised torch.distributed; every method that touches
+weights (steps, `expert_state_dicts`, `base_state_dict`, `state_dict`, `save_checkpoint`) is
+collective: call it on every rank. Rank-0-only results are empty on the other ranks.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from peft.utils import get_peft_model_state_dict
+from torch import nn
+from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_optimizer_state_dict,
+                                                     set_model_state_dict, set_optimizer_state_dict)
+from verl import DataProto
+from verl.trainer.ppo.core_algos import agg_loss
+
+from spacevista.policies import checkpoint
+from spacevista.policies.batch import TrainSample, sft_collate
+from spacevista.policies.experts import ExpertLoRAConfig, attach_experts, base_model_only, expert_parameters
+from spacevista.policies.logprobs import forward_logprobs, policy_logprobs, reference_logprobs
+from spacevista.policies.objectives import ObjectiveConfig, policy_objective
+from spacevista.policies.optim import OptimConfig, ParamGroup, build_optimizer, build_scheduler, step_present
+from spacevista.policies.router import (RouterConfig, ScaleRouter, capture_prompt_features, feature_dim,
+                                        pool_prompt_features, vision_token_ids)
+from spacevista.policies.sharding import fsdp_root, gather_full_state, shard_policy
+from spacevista.policies.tiny import load_policy
+
+ADDITIVE_METRICS = ("loss", "pg_loss", "kl", "entropy", "sft_loss")  # shares of the global mean: summed
+
+
+def is_lora(name: str) -> bool:
+    return "lora_" in name
+
+
+class LearnerCore:
+    """Owns the policy (base + one LoRA expert per scale), the router and their optimizer."""
+
+    def __init__(self, model_path: str | Path, experts: Sequence[str], *, lora: ExpertLoRAConfig | None = None,
+                 objective: ObjectiveConfig | None = None, optim: OptimConfig | None = None,
+                 router: RouterConfig | None = None, micro_batch_size: int = 8, fsdp: bool = False,
+                 device: str = "cpu", sft_full_params: bool = False, temperature: float = 1.0,
+                 seed: int = 0) -> None:
+        self.experts = list(experts)
+        self.objective = objective or ObjectiveConfig()
+        self.optim_cfg = optim or OptimConfig()
+        self.micro_batch_size = micro_batch_size
+        self.temperature = temperature
+        self.sft_full_params = sft_full_params
+        self.device = torch.device(device)
+        self.rank, self.world = (dist.get_rank(), dist.get_world_size()) if fsdp else (0, 1)
+        self.step = 0
+        self.base_trained = False  # set by a full-parameter SFT step: rollout workers need the new base
+        self.stepped_experts: list[str] = []  # experts the last step moved (present in the global batch)
+
+        torch.manual_seed(seed)  # same LoRA / router init on every rank
+        base, self.processor = load_policy(model_path, device=device)
+        self.model = attach_experts(base, self.experts, lora)
+        self.router = ScaleRouter(self.experts, feature_dim(self.model), router).to(self.device)
+        if fsdp:
+            shard_policy(self.model, self.device.type)
+        self._vision_ids = vision_token_ids(self.model)
+        self._state_modules = nn.ModuleDict({"policy": self.model, "router": self.router})  # for optimizer state dicts
+
+        groups = [ParamGroup(f"expert/{e}", list(expert_parameters(self.model, e).values())) for e in self.experts]
+        if self.router.classifier is not None:
+            groups.append(ParamGroup("router", list(self.router.parameters()), self.router.cfg.lr,
+                                     self.router.cfg.weight_decay))
+        if sft_full_params:
+            groups.append(ParamGroup("base", [p for n, p in self.model.named_parameters() if not is_lora(n)]))
+        self.optimizer = build_optimizer(groups, self.optim_cfg)
+        self.scheduler = build_scheduler(self.optimizer, self.optim_cfg)
+        self._set_trainable(base=False)
+
+    # ---- steps -----------------------------------------------------------------------------------
+    def rl_step(self, batch: DataProto) -> dict[str, float]:
+        """One policy-gradient step on this rank's share of the batch, as `batch.collate` makes it.
+
+        Reads tensors input_ids, attention_mask, mm_token_type_ids, responses, response_mask,
+        advantages [B, R] and, if present, old_log_probs (else the step is on-policy: ratio 1);
+        non-tensors expert, scale_label, multi_modal_inputs; meta_info temperature (optional).
+        Every rank must have the same number of micro-batches (ceil(samples / micro_batch_size)).
+        """
+        cfg = self.objective
+        temperature = float(batch.meta_info.get("temperature", self.temperature))
+        self._set_trainable(base=False)
+        stats = self._global_stats(batch)
+
+        def loss_fn(mb: DataProto) -> tuple[torch.Tensor, dict[str, float]]:
+            ref = reference_logprobs(self.model, mb, temperature) if cfg.kl_coef > 0 else None
+            logprobs, entropy = policy_logprobs(self.model, mb, temperature, with_entropy=cfg.entropy_coeff != 0)
+            old = mb.batch["old_log_probs"].to(self.device) if "old_log_probs" in mb.batch.keys() else logprobs.detach()
+            return policy_objective(logprobs, old, ref, mb.batch["advantages"].to(self.device),
+                                    mb.batch["response_mask"].to(self.device), cfg, entropy, stats["batch_info"])
+
+        present = {f"expert/{e}" for e in stats["experts"]}
+        return self._step(batch, loss_fn, stats, present)
+
+    def sft_step(self, samples: Sequence[TrainSample], targets: Sequence[str]) -> dict[str, float]:
+        """Cross-entropy on the reference completions (the output format). With `sft_full_params`
+        the base model (vision tower included) is trained with every expert off; otherwise each
+        sample's expert is trained."""
+        batch = sft_collate(self.processor, samples, targets)
+        full = self.sft_full_params
+        self._set_trainable(base=full)
+        stats = self._global_stats(batch)
+
+        def loss_fn(mb: DataProto) -> tuple[torch.Tensor, dict[str, float]]:
+            with base_model_only(self.model) if full else nullcontext():
+                experts = None if full else list(mb.non_tensor_batch["expert"])
+                logprobs, _ = forward_logprobs(self.model, mb, 1.0, experts)
+            nll = agg_loss(-logprobs, mb.batch["response_mask"].to(self.device).bool(), "token-mean",
+                           **stats["batch_info"])
+            return nll, {"sft_loss": nll.item()}
+
+        present = {"base"} if full else {f"expert/{e}" for e in stats["experts"]}
+        metrics = self._step(batch, loss_fn, stats, present)
+        self.base_trained |= full
+        return metrics
+
+    def _set_trainable(self, base: bool) -> None:
+        """Experts train unless the base does (full SFT runs with experts off)."""
+        for name, param in self.model.named_parameters():
+            param.requires_grad_(not base if is_lora(name) else base)
+
+    def _global_stats(self, batch: DataProto) -> dict[str, Any]:
+        """One all-gather: experts present anywhere, global token/sequence/label counts."""
+        local_experts = set(batch.non_tensor_batch["expert"])
+        unknown = local_experts - set(self.experts)
+        if unknown:
+            raise KeyError(f"batch routes to unknown experts {sorted(unknown)}; learner has {self.experts}")
+        n_micro = -(-len(batch) // self.micro_batch_size)
+        labelled = int((self.router.label_index(list(batch.non_tensor_batch["scale_label"])) >= 0).sum())
+        local = torch.tensor([float(e in local_experts) for e in self.experts]
+                             + [batch.batch["response_mask"].sum().item(), len(batch), n_micro, labelled],
+                             dtype=torch.float64, device=self.device)
+        table = local[None]
+        if self.world > 1:
+            parts = [torch.empty_like(local) for _ in range(self.world)]
+            dist.all_gather(parts, local)
+            table = torch.stack(parts)
+        n_e = len(self.experts)
+        if (table[:, n_e + 2] != table[0, n_e + 2]).any():
+            raise ValueError(f"ranks hold different micro-batch counts {table[:, n_e + 2].tolist()}: "
+                             f"give every rank the same number of micro-batches of samples")
+        totals = table.sum(0)
+        return {"experts": [e for i, e in enumerate(self.experts) if table[:, i].any()],
+                "batch_info": {"dp_size": self.world, "batch_num_tokens": int(totals[n_e]),
+                               "global_batch_size": int(totals[n_e + 1])},
+                "labelled": int(totals[n_e + 3])}
+
+    def _step(self, batch: DataProto, loss_fn: Callable[[DataProto], tuple[torch.Tensor, dict[str, float]]],
+              stats: dict[str, Any], present: set[str]) -> dict[str, float]:
+        start = time.perf_counter()
+        train_router = self.router.classifier is not None and stats["labelled"] > 0
+        micro = batch.split(self.micro_batch_size)
+        root = fsdp_root(self.model)
+        sums: dict[str, float] = defaultdict(float)
+        features = []
+        for i, mb in enumerate(micro):
+            if root is not None:
+                root.set_requires_gradient_sync(i == len(micro) - 1)
+            with capture_prompt_features(self.model) if train_router else nullcontext() as capture:
+                loss, metrics = loss_fn(mb)
+            loss.backward()
+            weight = mb.batch["response_mask"].sum().item()
+            for k, v in {"loss": loss.item(), **metrics}.items():
+                sums[k] += v if k in ADDITIVE_METRICS else v * weight
+            if train_router:
+                prompt_len = mb.batch["input_ids"].shape[1] - mb.batch["responses"].shape[1]
+                features.append(pool_prompt_features(capture.embeds, mb.batch["input_ids"],
+                                                     mb.batch["attention_mask"], self._vision_ids, prompt_len))
+        if train_router:
+            sums.update(self._router_backward(torch.cat(features), list(batch.non_tensor_batch["scale_label"]),
+                                              stats["labelled"]))
+            present.add("router")
+        out = self._reduce_metrics(sums, stats["batch_info"]["batch_num_tokens"])
+        out["lr"] = self.scheduler.get_last_lr()[0]
+        out.update(step_present(self.optimizer, present, self.optim_cfg.grad_clip))
+        self.scheduler.step()
+        self.step += 1
+        self.stepped_experts = [e for e in self.experts if f"expert/{e}" in present]
+        out.update(step=self.step, experts_stepped=sum(p.startswith("expert/") for p in present),
+                   tokens=stats["batch_info"]["batch_num_tokens"], step_time_s=time.perf_counter() - start)
+        return out
+
+    def _router_backward(self, features: torch.Tensor, labels: list, n_labelled: int) -> dict[str, float]:
+        """Router CE (its share of the global mean) backward + gradient all-reduce; local accuracy."""
+        report = self.router.accuracy(features, labels)
+        loss, _ = self.router.loss(features, labels, normalizer=n_labelled)
+        loss.backward()
+        if self.world > 1:
+            for p in self.router.parameters():
+                if p.grad is None:
+                    p.grad = torch.zeros_like(p)
+                dist.all_reduce(p.grad)
+        self.router.trained_steps += 1
+        return {"router/loss": loss.item(), **report}
+
+    def _reduce_metrics(self, sums: dict[str, float], global_tokens: int) -> dict[str, float]:
+        keys = sorted(k for k in sums if not k.startswith("router/acc"))
+        values = torch.tensor([sums[k] for k in keys], dtype=torch.float64, device=self.device)
+        if self.world > 1:
+            dist.all_reduce(values)
+        # loss shares carry a dp_size factor (FSDP averages gradients over ranks); the router's don't
+        scale = {k: 1.0 / self.world if k in ADDITIVE_METRICS else 1.0 if k == "router/loss"
+                 else 1.0 / max(global_tokens, 1) for k in keys}
+        out = {k: float(v) * scale[k] for k, v in zip(keys, values)}
+        out.update({k: v for k, v in sums.items() if k.startswith("router/acc")})  # this rank's batch
+        return out
+
+    # ---- weights out ------------------------------------------------------------------------------
+    def expert_state_dicts(self, experts: Sequence[str] | None = None) -> dict[str, dict[str, torch.Tensor]]:
+        """{expert: peft-format adapter state dict} (CPU tensors) on rank 0; {} on other ranks."""
+        names = list(experts or self.experts)
+        full = gather_full_state(self.model, lambda n: is_lora(n) and any(f".{e}." in n for e in names))
+        if self.rank != 0:
+            return {}
+        return {e: get_peft_model_state_dict(self.model, state_dict=full, adapter_name=e) for e in names}
+
+    def base_state_dict(self) -> dict[str, torch.Tensor]:
+        """The base model's weights in Hugging Face naming (rank 0; {} elsewhere)."""
+        full = gather_full_state(self.model, lambda n: not is_lora(n))
+        return checkpoint.hf_base_state_dict(full) if self.rank == 0 else {}
+
+    def export_policy(self, directory: str | Path) -> Path:
+        """Write the base model (as full SFT left it) + processor as a Hugging Face directory, the
+        way trained base weights reach rollout workers: they (re)load the policy from it, then get
+        experts as usual. Collective; rank 0 writes."""
+        state = self.base_state_dict()
+        if self.rank == 0:
+            checkpoint.save_hf_base(Path(directory), state, self.model, self.processor)
+        return Path(directory)
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything to resume: experts, router, optimizer, scheduler, step, RNG (+ base if trained)."""
+        state = {"experts": self.expert_state_dicts(), "router": self.router.state_dict(),
+                 "optimizer": get_optimizer_state_dict(self._state_modules, self.optimizer, options=StateDictOptions(
+                     full_state_dict=True, cpu_offload=True)),
+                 "scheduler": self.scheduler.state_dict(), "step": self.step, "rng": checkpoint.rng_state(),
+                 "base": self.base_state_dict() if self.base_trained else None}
+        return state if self.rank == 0 else {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Inverse of `state_dict`; under FSDP only rank 0 needs `state` (others may pass {})."""
+        meta = {k: state[k] for k in ("router", "scheduler", "step", "rng")} if self.rank == 0 else {}
+        meta["base_trained"] = bool(state.get("base")) if self.rank == 0 else False
+        if self.world > 1:
+            box = [meta]
+            dist.broadcast_object_list(box, src=0)
+            meta = box[0]
+        model_state = checkpoint.peft_to_model_keys(state.get("experts", {}))
+        if state.get("base"):
+            model_state.update(checkpoint.hf_to_model_keys(self.model, state["base"]))
+        options = StateDictOptions(full_state_dict=True, broadcast_from_rank0=self.world > 1, strict=False)
+        result = set_model_state_dict(self.model, model_state, options=options)
+        if result.unexpected_keys:
+            raise KeyError(f"checkpoint weights the model does not have: {result.unexpected_keys[:5]}")
+        set_optimizer_state_dict(self._state_modules, self.optimizer, state.get("optimizer", {}), options=options)
+        self.router.load_state_dict(meta["router"])
+        self.scheduler.load_state_dict(meta["scheduler"])
+        self.step = meta["step"]
+        self.base_trained = meta["base_trained"]
+        checkpoint.set_rng_state(meta["rng"])  # rank 0's streams on every rank
+
+    def save_checkpoint(self, directory: str | Path) -> None:
+        """Write `directory/<expert>/` (peft adapter dirs), `learner.pt`, and `base/` if the base
+        was trained. Collective; rank 0 writes. Atomicity (temp dir + rename) is the caller's."""
+        state = self.state_dict()
+        if self.rank == 0:
+            checkpoint.write(Path(directory), state, self.model, self.processor)
+
+    def load_checkpoint(self, directory: str | Path) -> None:
+        self.load_state_dict(checkpoint.read(Path(directory), self.experts) if self.rank == 0 else {})

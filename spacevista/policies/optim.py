@@ -1,0 +1,82 @@
+"""AdamW with one parameter group per expert (+ router, + base for full SFT), stepped by presence.
+
+An expert absent from the GLOBAL batch of a step must not move: AdamW would still apply momentum
+and weight decay to it. Its group's gradients are set to None before `step`, which torch's AdamW
+skips entirely (no moment update, no decay, no step count).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from transformers import get_constant_schedule_with_warmup, get_cosine_schedule_with_warmup
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 1e-4
+    weight_decay: float = 0.01
+    betas: tuple[float, float] = (0.9, 0.999)
+    grad_clip: float = 1.0  # max global grad norm of the policy parameters; <= 0 disables
+    warmup_steps: int = 0
+    total_steps: int = 1000  # horizon of the cosine schedule
+    schedule: str = "constant"  # "constant" | "cosine" (both after linear warm-up)
+
+    def __post_init__(self) -> None:
+        if self.schedule not in ("constant", "cosine"):
+            raise ValueError(f"optim.schedule must be 'constant' or 'cosine', got {self.schedule!r}")
+
+
+@dataclass
+class ParamGroup:
+    name: str  # "expert/<name>", "router" or "base"
+    params: list[nn.Parameter]
+    lr: float | None = None  # None: OptimConfig.lr
+    weight_decay: float | None = None
+
+
+def build_optimizer(groups: Sequence[ParamGroup], cfg: OptimConfig) -> torch.optim.AdamW:
+    return torch.optim.AdamW(
+        [{"params": g.params, "name": g.name,
+          "lr": cfg.lr if g.lr is None else g.lr,
+          "weight_decay": cfg.weight_decay if g.weight_decay is None else g.weight_decay} for g in groups],
+        lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, cfg: OptimConfig) -> torch.optim.lr_scheduler.LambdaLR:
+    if cfg.schedule == "cosine":
+        return get_cosine_schedule_with_warmup(optimizer, cfg.warmup_steps, cfg.total_steps)
+    return get_constant_schedule_with_warmup(optimizer, cfg.warmup_steps)
+
+
+def _clip(params: list[torch.Tensor], max_norm: float) -> float:
+    if not params:
+        return 0.0
+    norm = torch.nn.utils.clip_grad_norm_(params, max_norm if max_norm > 0 else float("inf"))
+    return float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)
+
+
+def step_present(optimizer: torch.optim.Optimizer, present: Iterable[str], grad_clip: float,
+                 separate_clip: Sequence[str] = ("router",)) -> Mapping[str, float]:
+    """Drop the gradients of absent groups, clip, step, zero grads. Returns grad norms.
+
+    Groups named in `separate_clip` (the router: plain tensors, while FSDP parameters are
+    DTensors) are clipped on their own; the rest are clipped together by global norm.
+    """
+    present = set(present)
+    policy, apart = [], []
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            if group["name"] not in present:
+                p.grad = None
+            elif p.grad is not None:
+                (apart if group["name"] in separate_clip else policy).append(p)
+    norms = {"grad_norm": _clip(policy, grad_clip)}
+    if apart:
+        norms["router/grad_norm"] = _clip(apart, grad_clip)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return norms

@@ -1,0 +1,100 @@
+"""FSDP2 for the policy: shard per decoder layer and per vision block, root on the HF model.
+
+The root is the inner Hugging Face model, not the PeftModel (with the PeftModel as root, `generate`
+fails on mixed Tensor/DTensor embeddings). Two hazards of mixed-expert, mixed-media batches:
+
+- Ranks whose batches hold different experts would reduce-scatter different gradient sets and
+  crash/deadlock. torch's `set_reduce_scatter_unused_params(True)` makes FSDP reduce a zero
+  gradient for every trainable parameter that got none, so all ranks issue the same collective.
+- Each vision block all-gathers its weights once per call of the vision tower, and Qwen-VL calls
+  it once for images and once for videos, only when present. A rank without images would skip
+  an all-gather the others make. `_VisionCallEqualizer` tops every forward up to exactly two
+  vision-tower calls with a 16-patch dummy whose output enters the graph multiplied by 0.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch.distributed as dist
+from peft import PeftModel
+from torch import nn
+from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
+from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
+
+VISION_CALLS_PER_FORWARD = 2  # Qwen-VL: one call for images, one for videos
+
+
+class _VisionCallEqualizer:
+    """Tops each forward up to `VISION_CALLS_PER_FORWARD` vision-tower calls (see module doc)."""
+
+    def __init__(self, hf_model: nn.Module) -> None:
+        self.visual = hf_model.model.visual
+        config = hf_model.config.vision_config
+        self.patch_dim = config.in_channels * config.temporal_patch_size * config.patch_size ** 2
+        self.calls = 0
+        self.visual.register_forward_pre_hook(self._count)
+        hf_model.model.language_model.register_forward_pre_hook(self._top_up, with_kwargs=True)
+
+    def _count(self, module: nn.Module, args: tuple) -> None:
+        self.calls += 1
+
+    def _top_up(self, module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+        embeds = kwargs["inputs_embeds"]
+        for _ in range(VISION_CALLS_PER_FORWARD - self.calls):
+            pixels = torch.zeros(16, self.patch_dim, dtype=embeds.dtype, device=embeds.device)
+            grid = torch.tensor([[1, 4, 4]], dtype=torch.long, device=embeds.device)
+            embeds = embeds + 0.0 * self.visual(pixels, grid_thw=grid).pooler_output.mean()
+        self.calls = 0
+        kwargs["inputs_embeds"] = embeds
+        return args, kwargs
+
+
+def shard_policy(model: PeftModel, device_type: str) -> DeviceMesh:
+    """Apply FSDP2 in place over all ranks of the default process group; returns the mesh.
+
+    bf16 compute with fp32 gradient reduction on CUDA; plain fp32 elsewhere (bf16 is slower on
+    CPUs without AMX and changes numerics the CPU tests compare).
+    """
+    if not dist.is_initialized():
+        raise RuntimeError("fsdp=True needs torch.distributed initialised (gloo on CPU, nccl on GPU)")
+    hf_model = model.get_base_model()
+    mesh = init_device_mesh(device_type, (dist.get_world_size(),))
+    policy = (MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
+              if device_type == "cuda" else MixedPrecisionPolicy())
+    for layer in hf_model.model.language_model.layers:
+        fully_shard(layer, mesh=mesh, mp_policy=policy)
+    for block in hf_model.model.visual.blocks:
+        fully_shard(block, mesh=mesh, mp_policy=policy)
+    fully_shard(hf_model, mesh=mesh, mp_policy=policy)
+    hf_model.set_reduce_scatter_unused_params(True)
+    if dist.get_world_size() > 1:
+        _VisionCallEqualizer(hf_model)
+    return mesh
+
+
+def fsdp_root(model: PeftModel) -> FSDPModule | None:
+    root = model.get_base_model()
+    return root if isinstance(root, FSDPModule) else None
+
+
+def gather_full_state(model: nn.Module, include: Callable[[str], bool]) -> dict[str, torch.Tensor]:
+    """Full (unsharded) CPU copies of the parameters whose name passes `include`, on rank 0.
+
+    Collective under FSDP (every rank must call it); other ranks get {}. Uses torch's
+    `get_model_state_dict(full_state_dict, cpu_offload)`; `ignore_frozen_params` does the
+    selection, so requires_grad is set to `include` for the call and restored after.
+    """
+    flags = [(name, p, p.requires_grad) for name, p in model.named_parameters()]
+    try:
+        for name, p, _ in flags:
+            p.requires_grad_(include(name))
+        state = get_model_state_dict(model, options=StateDictOptions(
+            full_state_dict=True, cpu_offload=True, ignore_frozen_params=True))
+    finally:
+        for _, p, flag in flags:
+            p.requires_grad_(flag)
+    # without FSDP the "gathered" tensors ARE the parameters: copy, so callers hold a snapshot
+    return {k: v.detach().clone() for k, v in state.items() if include(k)}

@@ -1,0 +1,64 @@
+"""Shared test fixtures. Add yours at the end; keep each fixture small and deterministic."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from spacevista.scales import LENGTH_UNITS, OUTPUT_INSTRUCTION, SCALES, TASK_SPECS, format_output
+
+
+# ---- policies: the tiny Qwen2.5-VL and learner samples ------------------------------------------
+def policy_corpus() -> list[str]:
+    """Tokenizer corpus made of scales.py's own strings."""
+    lines = [OUTPUT_INSTRUCTION, *SCALES, *LENGTH_UNITS, *(f"{t.name}: {t.description}" for t in TASK_SPECS)]
+    lines += [format_output(f"the {t.description}", s, f"{i + 1}.5 {u}")
+              for i, (t, s, u) in enumerate(zip(TASK_SPECS, SCALES * 2, list(LENGTH_UNITS) * 2))]
+    return lines
+
+
+@pytest.fixture(scope="session")
+def tiny_policy_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny offline policy (TinyPolicyConfig defaults), built once per test session."""
+    from spacevista.policies.tiny import TinyPolicyConfig, build_tiny_policy
+
+    return build_tiny_policy(tmp_path_factory.mktemp("tiny_policy"), policy_corpus(), TinyPolicyConfig())
+
+
+def _picture(rng: np.random.Generator, size: int = 56) -> Image.Image:
+    return Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8))
+
+
+def make_policy_samples(n: int, experts: Sequence[str], seed: int = 0,
+                        media: Sequence[str] = ("image", "video", "text"), with_old_logprobs: bool = False,
+                        group: int = 2) -> list:
+    """`n` learner samples cycling through `experts` and `media`; `group` samples share a uid."""
+    from spacevista.policies.batch import TrainSample
+
+    rng, np_rng = random.Random(seed), np.random.default_rng(seed)
+    samples = []
+    for i in range(n):
+        kind, expert = media[i % len(media)], experts[i % len(experts)]
+        images = [_picture(np_rng)] if kind == "image" else []
+        videos = [[_picture(np_rng) for _ in range(4)]] if kind == "video" else []
+        placeholder = {"image": "<image> ", "video": "<video> "}.get(kind, "")
+        task = TASK_SPECS[i % len(TASK_SPECS)]
+        length = rng.randrange(3, 9)
+        samples.append(TrainSample(
+            messages=[{"role": "user", "content": f"{placeholder}{task.description}? {OUTPUT_INSTRUCTION}"}],
+            images=images, videos=videos, response_ids=[rng.randrange(10, 200) for _ in range(length)],
+            old_logprobs=[-rng.uniform(4.0, 7.0) for _ in range(length)] if with_old_logprobs else None,
+            advantage=rng.uniform(-1.0, 1.0), expert=expert, scale_label=expert, uid=f"{seed}-{i // group}",
+            record_id=f"rec-{seed}-{i}"))
+    return samples
+
+
+@pytest.fixture
+def policy_samples() -> Callable[..., list]:
+    """Factory: `policy_samples(n, experts, seed=0, media=..., with_old_logprobs=False)`."""
+    return make_policy_samples
