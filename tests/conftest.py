@@ -62,3 +62,16 @@ def make_policy_samples(n: int, experts: Sequence[str], seed: int = 0,
 def policy_samples() -> Callable[..., list]:
     """Factory: `policy_samples(n, experts, seed=0, media=..., with_old_logprobs=False)`."""
     return make_policy_samples
+
+
+def assert_adam_weights_close(got: dict, expected: dict, lr: float, tight: float = 0.05, sliver: float = 1e-3) -> None:
+    """Weights after an Adam step, compared robustly: Adam's first step is ~lr * sign(grad), so an
+    element whose gradient is float noise (summed in another order) can land up to ~2 lr away.
+    Every element must be within Adam's bound, and all but a `sliver` fraction within `tight` * lr."""
+    far = total = 0
+    for name, want in expected.items():
+        diff = (got[name] - want).abs()
+        assert float(diff.max()) <= 2.5 * lr, f"{name}: {float(diff.max())} > Adam's bound {2.5 * lr}"
+        far += int((diff > tight * lr).sum())
+        total += diff.numel()
+    assert far <= sliver * total, f"{far} of {total} weights differ by more than {tight} * lr"

@@ -7,6 +7,7 @@ from dataclasses import replace
 import pytest
 import torch
 
+from spacevista.policies.chat import media_token_ids
 from spacevista.policies.batch import collate
 from spacevista.policies.chat import to_chat_messages
 from spacevista.policies.experts import ExpertLoRAConfig, attach_experts, expert_names, set_experts_trainable
@@ -37,7 +38,9 @@ def test_logprobs_match_the_rollout_generation(experts_model, policy_samples, me
         out = model.generate(**enc, adapter_names=[s.expert for s in samples], max_new_tokens=steps,
                              min_new_tokens=steps, do_sample=False, output_logits=True, return_dict_in_generate=True)
     tokens = out.sequences[:, -steps:]
-    expected = torch.stack([torch.log_softmax(logits / temperature, -1).gather(-1, tokens[:, t:t + 1])[:, 0]
+    media = media_token_ids(model.config)  # masked by the learner as rollout never samples them
+    expected = torch.stack([torch.log_softmax(logits.index_fill(-1, torch.tensor(media), float("-inf")) / temperature,
+                                              -1).gather(-1, tokens[:, t:t + 1])[:, 0]
                             for t, logits in enumerate(out.logits)], dim=1)
     batch = collate(processor, [replace(s, response_ids=tokens[i].tolist()) for i, s in enumerate(samples)])
     with torch.no_grad():

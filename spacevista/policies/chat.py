@@ -43,3 +43,13 @@ def to_chat_messages(prompt: Sequence[Mapping[str, Any]], n_images: int, n_video
             f"record {record_id}: prompt has {seen['image']} <image> and {seen['video']} <video> placeholders "
             f"but the record has {n_images} images and {n_videos} videos")
     return messages
+
+
+MEDIA_TOKEN_KEYS = ("image_token_id", "video_token_id", "vision_start_token_id", "vision_end_token_id")
+
+
+def media_token_ids(config: Any) -> list[int]:
+    """Vision placeholder tokens of a Qwen-VL config. Rollout never samples them (a response holding
+    one would no longer match its media when the learner re-encodes prompt + response), and the
+    learner masks them the same way, so both compute log-probs under one distribution."""
+    return sorted({int(getattr(config, k)) for k in MEDIA_TOKEN_KEYS if getattr(config, k, None) is not None})

