@@ -10,6 +10,7 @@ only wires them, and reads top to bottom.
 
 from __future__ import annotations
 
+import json
 import random
 import time
 from dataclasses import dataclass, field
@@ -163,6 +164,7 @@ def _train(cfg: TrainConfig, run_dir: Path, prep: PreparedRun, config_dict: dict
             tracker.log(step, scalars, {"stage": stage.name, "reward": f"{scalars['reward/total']:.3f}",
                                         "samples/s": f"{scalars['perf/samples_per_s']:.1f}"})
             history.append({"step": step, **scalars})
+            _log_samples(run_dir, step, records, completions, breakdowns, n, cfg.log.samples_per_step)
             if metrics is not None:
                 metrics.record_step(step, curriculum.stage_index, stage.name,
                                     {s: v for s, v in per_scale.items() if s != "all"},
@@ -214,6 +216,19 @@ def _scalars(per_scale: dict[str, dict[str, float]], learn: dict[str, float], co
     out["perf/gen_tokens_per_s"] = sum(lengths) / max(timings["generate"], 1e-9)
     out.update({f"learner/{k}": float(v) for k, v in learn.items()})
     return out
+
+
+def _log_samples(run_dir: Path, step: int, records: list[Record], completions: list[Completion],
+                 breakdowns: list[RewardBreakdown], n: int, k: int) -> None:
+    """The first `k` completions of the step with their rewards, for reading what the policy writes."""
+    if k <= 0:
+        return
+    with (run_dir / "samples.jsonl").open("a") as fh:
+        for i, (c, b) in enumerate(zip(completions[:k], breakdowns[:k])):
+            r = records[i // n]
+            fh.write(json.dumps({"step": step, "record": r.id, "scale": r.scale, "task": r.task, "expert": c.expert,
+                                 "answer": r.answer.text(), "completion": c.text, "reward": b.total,
+                                 "components": b.components, "reasons": b.reasons}) + "\n")
 
 
 def _finish(run_dir: Path, history: list[dict[str, float]], curriculum: Curriculum, plot: bool,

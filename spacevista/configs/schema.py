@@ -159,6 +159,7 @@ class LogConfig:
     wandb_project: str = ""  # "" disables W&B
     plot: bool = True
     ray_metrics: bool = True
+    samples_per_step: int = 4  # completions per step written to samples.jsonl (0: none)
 
 
 @dataclass
