@@ -34,6 +34,22 @@ def reward_table(title: str, per_scale: Mapping[str, Mapping[str, float]]) -> Ta
     return table
 
 
+def compare_table(title: str, rows: Mapping[str, Mapping[str, list]], metrics: tuple[str, ...]) -> Table:
+    """Rows: scales; cells "before -> after" for each metric."""
+    table = Table(title=title)
+    table.add_column("scale")
+    for m in metrics:
+        table.add_column(m, justify="right")
+
+    def cell(pair: list) -> str:
+        a, b = pair
+        return "-" if a is None and b is None else f"{'-' if a is None else f'{a:.3f}'} -> {'-' if b is None else f'{b:.3f}'}"
+
+    for scale, row in rows.items():
+        table.add_row(scale, *[cell(row[m]) for m in metrics])
+    return table
+
+
 class Tracker:
     """Fan one step's metrics out to every sink the config enables; metrics.jsonl is always written."""
 
@@ -67,6 +83,21 @@ class Tracker:
         self.bar.set_postfix(postfix, refresh=False)
         self.bar.update(1)
 
+    def log_eval(self, step: int, per_scale: Mapping[str, Mapping[str, float]]) -> None:
+        """Held-out greedy evaluation: eval.jsonl, TensorBoard/W&B under eval/."""
+        flat = {(f"eval/{k}" if s == "all" else f"eval/{s}/{k}"): float(v)
+                for s, row in per_scale.items() for k, v in row.items()}
+        with (self.run_dir / "eval.jsonl").open("a") as fh:
+            fh.write(json.dumps({"step": step, **flat}) + "\n")
+        if self.tb is not None:
+            for k, v in flat.items():
+                self.tb.add_scalar(k, v, step)
+        if self.wandb is not None:
+            self.wandb.log(flat, step=step)
+        self.message(f"eval @ step {step}: fixed-weight reward {per_scale['all']['fixed_total']:.3f} "
+                     f"(format {per_scale['all'].get('format', 0):.2f}, scale {per_scale['all'].get('scale', 0):.2f}, "
+                     f"accuracy {per_scale['all'].get('accuracy', 0):.2f})")
+
     def show(self, table: Table) -> None:
         self.bar.clear()
         console.print(table)
@@ -83,10 +114,10 @@ class Tracker:
             self.wandb.finish()
 
 
-def read_history(run_dir: Path) -> list[dict[str, float]]:
-    """metrics.jsonl rows; after a resume, a re-run step's newer row replaces the older one."""
+def read_history(run_dir: Path, name: str = "metrics.jsonl") -> list[dict[str, float]]:
+    """Rows of a JSONL log by step; after a resume, a re-run step's newer row replaces the older one."""
     rows: dict[int, dict[str, float]] = {}
-    path = run_dir / "metrics.jsonl"
+    path = run_dir / name
     if path.exists():
         for line in path.read_text().splitlines():
             if line.strip():
@@ -106,13 +137,13 @@ def plot_reward_curves(run_dir: Path, out: Path | None = None) -> Path | None:
         return None
     out = out or run_dir / "reward_curves.png"
     fig, ax = plt.subplots(figsize=(7, 4), dpi=110)
-    for key, label in [("reward/total", "all scales")] + [(f"reward/{s}/total", s) for s in SCALES]:
+    for key, label in [("reward/fixed_total", "all scales")] + [(f"reward/{s}/fixed_total", s) for s in SCALES]:
         pts = [(r["step"], r[key]) for r in rows if key in r]
         if pts:
             xs, ys = zip(*pts)
             ax.plot(xs, ys, label=label, linewidth=2.2 if label == "all scales" else 1.2)
     ax.set_xlabel("step")
-    ax.set_ylabel("mean stepwise reward")
+    ax.set_ylabel("stepwise reward (fixed weights)")
     ax.set_ylim(0, 1)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, ncol=2)

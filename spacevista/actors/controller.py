@@ -10,6 +10,7 @@ only wires them, and reads top to bottom.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import random
 import time
@@ -28,16 +29,19 @@ from spacevista.actors.setup import (PreparedRun, prepare_run, reward_config_dic
                                      stage_reward_weights, validate_config)
 from spacevista.cluster.metrics import RayMetrics
 from spacevista.cluster.resources import check_cluster, reserve
-from spacevista.configs.schema import TrainConfig
+from spacevista.configs.schema import RewardWeightsConfig, TrainConfig
 from spacevista.curriculum import Curriculum, StageChange
 from spacevista.data.frames import load_images, load_video
 from spacevista.data.schema import Record
 from spacevista.policies.batch import TrainSample
 from spacevista.policies.objectives import compute_advantages
 from spacevista.rewards.stepwise import RewardBreakdown, aggregate_breakdowns
-from spacevista.scales import format_output
+from spacevista.scales import SCALES, AnswerType, format_output
 from spacevista.rollout.engine import Completion, GenerationRequest, SamplingParams
-from spacevista.tracking import Tracker, console, plot_reward_curves, reward_table
+from spacevista.tracking import Tracker, compare_table, console, plot_reward_curves, read_history, reward_table
+
+
+ANSWER_COMPONENTS = tuple(t.value for t in AnswerType)
 
 
 @dataclass
@@ -62,17 +66,32 @@ def score_items(records: list[Record], completions: list[Completion], n: int) ->
             for i, c in enumerate(completions)]
 
 
-def per_scale_means(breakdowns: list[RewardBreakdown]) -> dict[str, dict[str, float]]:
-    """{scale: {component: mean, "accuracy": the answer component, "total", "count"}} (+ "all")."""
+def per_scale_means(breakdowns: list[RewardBreakdown], fixed: RewardWeightsConfig) -> dict[str, dict[str, float]]:
+    """{scale: {component: mean, "accuracy", "total", "fixed_total", "count"}} (+ "all").
+
+    `accuracy` is the answer component whatever the answer type; `total` uses the stage's weights
+    (what is optimised now); `fixed_total` re-weights the same components with the config's fixed
+    weights, so it stays comparable when the curriculum shifts weight between components.
+    """
     table = aggregate_breakdowns(breakdowns, by="scale")
     out = {}
     for scale, row in table.items():
-        answer = [row[k] for k in ("numeric", "choice", "count", "text") if k in row]
-        out[scale] = {k: v for k, v in row.items() if k not in ("n", "errors")}
-        out[scale]["count"] = row["n"]
-        if answer:  # mean over answer types weighted by how often each occurs is in "total"; this is the plain mean
-            out[scale]["accuracy"] = float(np.mean(answer))
+        answer = [row[k] for k in ANSWER_COMPONENTS if k in row]
+        means = {k: v for k, v in row.items() if k not in ("n", "errors")}
+        means["count"] = row["n"]
+        means["accuracy"] = float(np.mean(answer)) if answer else 0.0
+        means["fixed_total"] = ((fixed.format * means.get("format", 0.0) + fixed.scale * means.get("scale", 0.0)
+                                 + fixed.accuracy * _answer_mean(breakdowns, scale))
+                                / (fixed.format + fixed.scale + fixed.accuracy))
+        out[scale] = means
     return out
+
+
+def _answer_mean(breakdowns: list[RewardBreakdown], scale: str) -> float:
+    """Mean answer component over the scale's samples (one answer component per sample)."""
+    vals = [next((b.components[k] for k in ANSWER_COMPONENTS if k in b.components), 0.0)
+            for b in breakdowns if scale == "all" or b.scale == scale]
+    return float(np.mean(vals)) if vals else 0.0
 
 
 def train_samples(requests: list[GenerationRequest], records: list[Record], completions: list[Completion],
@@ -126,7 +145,7 @@ def _train(cfg: TrainConfig, run_dir: Path, prep: PreparedRun, config_dict: dict
 
     policy_path = learners.export_policy(run_dir / "policy") if cfg.learner.sft.full_params else prep.model_path
     rollout = WorkerPool.rollout(cfg, str(policy_path), reserve("rollout", cfg.cluster.rollout), run_name)
-    reward = WorkerPool.reward(cfg, reward_config_dict(cfg.reward), reserve("reward", cfg.cluster.reward), run_name)
+    reward = WorkerPool.reward(reward_config_dict(cfg.reward), reserve("reward", cfg.cluster.reward), run_name)
     expert_refs = learners.expert_refs(version=start_step)  # what rollout workers must serve now
 
     tracker = Tracker(run_dir, cfg.log, cfg.steps, start_step, config_dict)
@@ -134,6 +153,9 @@ def _train(cfg: TrainConfig, run_dir: Path, prep: PreparedRun, config_dict: dict
     n = cfg.rollout.n
     history: list[dict[str, float]] = []
     try:
+        evaluate = _Evaluator(cfg, prep, rollout, reward)
+        if start_step == 0 and evaluate.records:
+            tracker.log_eval(0, evaluate(0, expert_refs))
         for step in range(start_step + 1, cfg.steps + 1):
             t0 = time.perf_counter()
             stage = curriculum.stage
@@ -156,7 +178,7 @@ def _train(cfg: TrainConfig, run_dir: Path, prep: PreparedRun, config_dict: dict
             expert_refs.update(changed)
             t_learn = time.perf_counter()
 
-            per_scale = per_scale_means(breakdowns)
+            per_scale = per_scale_means(breakdowns, cfg.reward.weights)
             scalars = _scalars(per_scale, learn_metrics, completions, curriculum.stage_index,
                                {"generate": t_gen - t0, "reward": t_rew - t_gen, "learn": t_learn - t_rew,
                                 "step": time.perf_counter() - t0})
@@ -175,6 +197,8 @@ def _train(cfg: TrainConfig, run_dir: Path, prep: PreparedRun, config_dict: dict
             if change is not None:
                 tracker.message(f"step {step}: curriculum {change.from_stage!r} -> {change.to_stage!r} ({change.reason})")
                 tracker.show(reward_table(f"stage {change.from_stage!r} finished at step {step}", per_scale))
+            if evaluate.records and (step % cfg.eval_every == 0 or step == cfg.steps):
+                tracker.log_eval(step, evaluate(step, expert_refs))
             if step % cfg.checkpoint_every == 0 or step == cfg.steps:
                 learners.save(run_dir, step, curriculum.state_dict(), sampler.state_dict(), cfg.keep_checkpoints)
         result = _finish(run_dir, history, curriculum, cfg.log.plot, tracker)
@@ -184,6 +208,30 @@ def _train(cfg: TrainConfig, run_dir: Path, prep: PreparedRun, config_dict: dict
         reward.shutdown()
         learners.shutdown()
     return result
+
+
+class _Evaluator:
+    """Greedy generation on a fixed, scale-balanced slice of the held-out split, scored with the
+    config's fixed reward weights: a learning signal that the curriculum's shifting mix cannot bias."""
+
+    def __init__(self, cfg: TrainConfig, prep: PreparedRun, rollout: WorkerPool, reward: WorkerPool):
+        self.cfg, self.rollout, self.reward = cfg, rollout, reward
+        self.records: list[Record] = []
+        if prep.test_path is not None and cfg.eval_every > 0 and cfg.eval_prompts_per_scale > 0:
+            from spacevista.data.io import RecordDataset
+
+            test = RecordDataset(prep.test_path)
+            picked = [i for s in cfg.model.experts
+                      for i in [j for j, sc in enumerate(test.scales) if sc == s][:cfg.eval_prompts_per_scale]]
+            self.records = test.take(picked)
+        self.weights = {**dataclasses.asdict(cfg.reward.weights), "gate_scale": False}
+
+    def __call__(self, step: int, expert_refs: dict) -> dict[str, dict[str, float]]:
+        requests = to_requests(self.records, step)
+        params = SamplingParams(n=1, temperature=0.0, max_tokens=self.cfg.rollout.max_tokens)
+        completions = self.rollout.generate(requests, params, version=step, experts=expert_refs)
+        breakdowns = self.reward.score(score_items(self.records, completions, 1), self.weights)
+        return per_scale_means(breakdowns, self.cfg.reward.weights)
 
 
 def _sft_warmup(cfg: TrainConfig, prep: PreparedRun, learners: LearnerGroup) -> None:
@@ -231,24 +279,46 @@ def _log_samples(run_dir: Path, step: int, records: list[Record], completions: l
                                  "components": b.components, "reasons": b.reasons}) + "\n")
 
 
+METRICS = ("fixed_total", "format", "scale", "accuracy")
+
+
+def _compare(before: list[dict[str, float]], after: list[dict[str, float]], prefix: str) -> dict[str, dict[str, list]]:
+    """{scale: {metric: [mean before, mean after]}} over the rows given (None where a scale is absent)."""
+    def mean(rows: list[dict[str, float]], key: str) -> float | None:
+        vals = [r[key] for r in rows if key in r]
+        return round(float(np.mean(vals)), 4) if vals else None
+
+    table = {}
+    for scale in ["all", *SCALES]:
+        head = prefix if scale == "all" else f"{prefix}/{scale}"
+        row = {m: [mean(before, f"{head}/{m}"), mean(after, f"{head}/{m}")] for m in METRICS}
+        if any(v != [None, None] for v in row.values()):
+            table[scale] = row
+    common = [s for s in SCALES if s in table and None not in table[s]["fixed_total"]]
+    if common and len(common) < len(table) - 1:  # the curriculum changed the mix: compare like with like
+        table["common scales"] = {m: [round(float(np.mean([table[s][m][i] for s in common if table[s][m][i] is not None])), 4)
+                                      for i in (0, 1)] for m in METRICS}
+    return table
+
+
 def _finish(run_dir: Path, history: list[dict[str, float]], curriculum: Curriculum, plot: bool,
             tracker: Tracker) -> TrainResult:
-    """End-of-run report: reward per scale in the first vs last quarter of steps, and the PNG."""
+    """End-of-run report: per-scale rewards, first vs last quarter of training and held-out eval
+    before vs after; summary.json; the PNG of reward curves."""
     if not history:
         return TrainResult(run_dir, 0, float("nan"), history, curriculum.history)
     q = max(1, len(history) // 4)
-    first, last = history[:q], history[-q:]
-    keys = sorted({k for row in history for k in row if k.startswith("reward/") and k.endswith("/total")})
-    table = {}
-    for k in ["reward/total"] + [k for k in keys if k != "reward/total"]:
-        scale = "all" if k == "reward/total" else k.split("/")[1]
-        a = [r[k] for r in first if k in r]
-        b = [r[k] for r in last if k in r]
-        table[scale] = {"first_quarter": float(np.mean(a)) if a else float("nan"),
-                        "last_quarter": float(np.mean(b)) if b else float("nan")}
-    tracker.show(reward_table(f"mean stepwise reward, first vs last quarter ({q} steps each)", table))
+    train_table = _compare(history[:q], history[-q:], "reward")
+    tracker.show(compare_table(f"training reward, first vs last {q} steps (fixed weights)", train_table, METRICS))
+    evals = read_history(run_dir, "eval.jsonl")
+    eval_table = _compare(evals[:1], evals[-1:], "eval") if len(evals) > 1 else {}
+    if eval_table:
+        tracker.show(compare_table(f"held-out greedy eval, step {int(evals[0]['step'])} vs step "
+                                   f"{int(evals[-1]['step'])}", eval_table, METRICS))
     if plot:
-        png = plot_reward_curves(run_dir)
-        console.print(f"reward curves: {png}")
-    final = table["all"]["last_quarter"]
+        console.print(f"reward curves: {plot_reward_curves(run_dir)}")
+    summary = {"steps": len(history), "quarter_steps": q, "train": train_table, "eval": eval_table,
+               "stage_changes": [vars(c) for c in curriculum.history]}
+    (run_dir / "summary.json").write_text(json.dumps(summary, indent=1))
+    final = (eval_table or train_table)["all"]["fixed_total"][1]
     return TrainResult(run_dir, int(history[-1]["step"]), final, history, curriculum.history)

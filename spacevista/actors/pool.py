@@ -49,7 +49,7 @@ class WorkerPool:
         return cls("rollout", actors, group)
 
     @classmethod
-    def reward(cls, cfg: TrainConfig, reward_config: dict[str, Any], group: RoleGroup, run_name: str) -> WorkerPool:
+    def reward(cls, reward_config: dict[str, Any], group: RoleGroup, run_name: str) -> WorkerPool:
         actors = [RewardWorker.options(**actor_options(group, i, run_name)).remote(reward_config)
                   for i in range(group.config.count)]
         return cls("reward", actors, group)

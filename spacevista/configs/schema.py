@@ -97,7 +97,7 @@ class RewardConfig:
 
 @dataclass
 class SFTConfig:
-    steps: int = 30  # supervised warm-up steps before RL (0 disables)
+    steps: int = 45  # supervised warm-up steps before RL (0 disables)
     batch_size: int = 32
     full_params: bool = True  # a random tiny base must be warmed up itself before LoRA experts can learn
 
@@ -178,4 +178,5 @@ class TrainConfig:
     resume: str = "auto"  # auto (latest checkpoint in run_dir) | never | path to a step_N directory
     checkpoint_every: int = 10
     keep_checkpoints: int = 3
-    async_rollout: bool = False  # overlap generation of step k+1 with the update of step k
+    eval_every: int = 10  # greedy eval on the held-out split every N steps (0: never)
+    eval_prompts_per_scale: int = 8
