@@ -143,7 +143,7 @@ def _train(cfg: TrainConfig, run_dir: Path, prep: PreparedRun, config_dict: dict
     elif cfg.learner.sft.steps > 0:
         _sft_warmup(cfg, prep, learners)
 
-    policy_path = learners.export_policy(run_dir / "policy") if cfg.learner.sft.full_params else prep.model_path
+    policy_path = learners.export_policy(run_dir / "policy") or prep.model_path
     rollout = WorkerPool.rollout(cfg, str(policy_path), reserve("rollout", cfg.cluster.rollout), run_name)
     reward = WorkerPool.reward(reward_config_dict(cfg.reward), reserve("reward", cfg.cluster.reward), run_name)
     expert_refs = learners.expert_refs(version=start_step)  # what rollout workers must serve now
@@ -188,8 +188,7 @@ def _train(cfg: TrainConfig, run_dir: Path, prep: PreparedRun, config_dict: dict
             history.append({"step": step, **scalars})
             _log_samples(run_dir, step, records, completions, breakdowns, n, cfg.log.samples_per_step)
             if metrics is not None:
-                metrics.record_step(step, curriculum.stage_index, stage.name,
-                                    {s: v for s, v in per_scale.items() if s != "all"},
+                metrics.record_step(step, curriculum.stage_index, stage.name, per_scale,
                                     scalars["perf/samples_per_s"],
                                     {"generate": ("rollout", t_gen - t0), "reward": ("reward", t_rew - t_gen),
                                      "learn": ("learner", t_learn - t_rew)},

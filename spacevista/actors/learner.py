@@ -82,8 +82,11 @@ class LearnerWorker:
             return None
         return {e: (version, ray.put(sd)) for e, sd in weights.items()}
 
-    def export_policy(self, path: str) -> str:
-        self.core.export_policy(path)  # collective; rank 0 writes
+    def export_policy(self, path: str) -> str | None:
+        """Write the SFT-trained base as a Hugging Face directory (collective; rank 0 writes); None if untrained."""
+        if not self.core.base_trained:
+            return None
+        self.core.export_policy(path)
         return path
 
     def save(self, directory: str) -> None:
@@ -128,9 +131,10 @@ class LearnerGroup:
     def expert_refs(self, version: int) -> dict[str, Any]:
         return self._all("publish_experts", shared=(version,))[0] or {}
 
-    def export_policy(self, path: Path) -> Path:
-        self._all("export_policy", shared=(str(path),))
-        return path
+    def export_policy(self, path: Path) -> Path | None:
+        """Where rollout workers load the policy from when the base was trained (SFT), else None."""
+        written = self._all("export_policy", shared=(str(path),))[0]
+        return Path(written) if written else None
 
     def save(self, run_dir: Path, step: int, curriculum: dict, sampler: dict, keep: int) -> Path:
         """Every rank writes its part into one staging directory; the controller commits it atomically."""
