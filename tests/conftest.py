@@ -75,3 +75,14 @@ def assert_adam_weights_close(got: dict, expected: dict, lr: float, tight: float
         far += int((diff > tight * lr).sum())
         total += diff.numel()
     assert far <= sliver * total, f"{far} of {total} weights differ by more than {tight} * lr"
+
+
+@pytest.fixture(scope="module")
+def ray_temp_dir():
+    """A short temp dir for a test's own Ray session (AF_UNIX socket paths are limited to 107 bytes)."""
+    import shutil
+    import tempfile
+
+    path = tempfile.mkdtemp(prefix="svr-", dir="/tmp")
+    yield Path(path)
+    shutil.rmtree(path, ignore_errors=True)

@@ -27,9 +27,9 @@ def compute_score(data_source, solution_str, ground_truth, extra_info=None):
 
 
 @pytest.fixture(scope="module")
-def local_ray(tmp_path_factory):
+def local_ray(ray_temp_dir):
     ray.init(address="local", num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1",
-             _temp_dir=str(tmp_path_factory.mktemp("ray")), log_to_driver=False)
+             _temp_dir=str(ray_temp_dir), log_to_driver=False)
     yield
     ray.shutdown()
 

@@ -29,10 +29,9 @@ SHORT = [
 
 
 @pytest.fixture(scope="module")
-def local_ray(tmp_path_factory):
-    temp = tmp_path_factory.mktemp("ray")
+def local_ray(ray_temp_dir):
     ray.init(address="local", num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1",
-             _temp_dir=str(temp), log_to_driver=False)
+             _temp_dir=str(ray_temp_dir), log_to_driver=False)
     yield
     ray.shutdown()
 

@@ -125,7 +125,8 @@ def start_ray(cluster: ClusterConfig, run_dir: Path) -> bool:
         ray.init(address=cluster.address, log_to_driver=True)
         return True
     kwargs: dict[str, Any] = dict(address="local", num_cpus=cluster.num_cpus or os.cpu_count(),
-                                  include_dashboard=cluster.dashboard, log_to_driver=True)
+                                  include_dashboard=cluster.dashboard, log_to_driver=True,
+                                  _node_ip_address="127.0.0.1")  # a local run listens on loopback only
     if cluster.dashboard:
         kwargs["dashboard_host"] = "127.0.0.1"
     if cluster.temp_dir:

@@ -1,0 +1,152 @@
+"""What an evaluation leaves behind: results.jsonl, summary.json, leaderboard.md, per_scale.png, and
+the tables that put several runs side by side (Markdown and rich)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from rich.table import Table
+
+from spacevista.eval.scoring import ScoredSample, result_row
+from spacevista.eval.summary import METRICS
+from spacevista.scales import SCALE_SPECS
+
+RESULTS, SUMMARY, LEADERBOARD, PLOT = "results.jsonl", "summary.json", "leaderboard.md", "per_scale.png"
+PAPER_CATEGORIES: tuple[str, ...] = ("TinyTabletop", "Tabletop", "Indoor", "Outdoor")  # the paper's columns
+DISPLAY: dict[str, str] = {s.bench_category: s.display for s in SCALE_SPECS}
+METRIC_LABELS: dict[str, str] = {"mc_accuracy": "MC accuracy", "num_MRA": "Numeric MRA",
+                                 "text_accuracy": "Text accuracy", "count_accuracy": "Count accuracy"}
+
+Run = tuple[str, Mapping[str, Any]]  # (label, summary)
+
+
+def write_outputs(out_dir: Path, scored: Sequence[ScoredSample], summary: Mapping[str, Any]) -> None:
+    """results.jsonl, summary.json, leaderboard.md and per_scale.png in `out_dir`."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with (out_dir / RESULTS).open("w", encoding="utf-8") as fh:
+        for s in scored:
+            fh.write(json.dumps(result_row(s)) + "\n")
+    (out_dir / SUMMARY).write_text(json.dumps(summary, indent=1) + "\n")
+    (out_dir / LEADERBOARD).write_text(leaderboard_markdown([(summary.get("name") or out_dir.name, summary)]))
+    plot_per_scale(summary, out_dir / PLOT)
+
+
+def load_summary(run_dir: Path) -> dict[str, Any]:
+    path = run_dir / SUMMARY if run_dir.is_dir() else run_dir
+    if not path.is_file():
+        raise FileNotFoundError(f"{run_dir}: no {SUMMARY} (an `eval run` or `eval score` output directory)")
+    return json.loads(path.read_text())
+
+
+def categories(runs: Sequence[Run]) -> list[str]:
+    """The paper's four columns, plus any other scale (Drone) present in a run."""
+    present = {c for _, s in runs for c in s.get("per_category", {})}
+    return [s.bench_category for s in SCALE_SPECS if s.bench_category in PAPER_CATEGORIES or s.bench_category in present]
+
+
+def pct(value: float | None) -> str:
+    return "–" if value is None else f"{100 * value:.1f}"
+
+
+def _md_table(header: Sequence[str], rows: Sequence[Sequence[str]], left: int = 1) -> list[str]:
+    align = [":--"] * left + ["--:"] * (len(header) - left)
+    return ["| " + " | ".join(header) + " |", "| " + " | ".join(align) + " |",
+            *("| " + " | ".join(row) + " |" for row in rows)]
+
+
+def leaderboard_rows(runs: Sequence[Run]) -> tuple[list[str], list[list[str]]]:
+    """The paper's leaderboard: Overall then one column per scale, one row per run (scores in %)."""
+    cats = categories(runs)
+    header = ["Model", "Overall", *(DISPLAY[c] for c in cats)]
+    rows = [[label, pct(s.get("overall")), *(pct(s.get("per_category", {}).get(c, {}).get("overall")) for c in cats)]
+            for label, s in runs]
+    return header, rows
+
+
+def leaderboard_markdown(runs: Sequence[Run]) -> str:
+    """Leaderboard, answer types per scale, task types, router accuracy: Markdown, scores in %."""
+    cats = categories(runs)
+    lines = ["# SpaceVista-Bench results", "",
+             "Scores in % (mean per-sample score: accuracy for multiple choice, text and counts; MRA over "
+             "thresholds 0.50..0.95 for numbers).", "", *_md_table(*leaderboard_rows(runs))]
+    by_metric = [[label, METRIC_LABELS[m], *(pct(s.get("per_category", {}).get(c, {}).get(m)) for c in cats)]
+                 for label, s in runs for m in METRICS
+                 if any(row.get(m) is not None for row in s.get("per_category", {}).values())]
+    lines += ["", "## By answer type", "", *_md_table(["Model", "Metric", *(DISPLAY[c] for c in cats)], by_metric, 2)]
+    tasks = sorted({t for _, s in runs for t in s.get("per_type", {})})
+    by_task = [[task, *(_task_cell(s.get("per_type", {}).get(task)) for _, s in runs)] for task in tasks]
+    lines += ["", "## By task type (score, n)", "", *_md_table(["Task", *(label for label, _ in runs)], by_task)]
+    routed = [(label, s["router"]) for label, s in runs if s.get("router")]
+    if routed:
+        rows = [[label, pct(r["accuracy"]), *(pct(r["per_category"].get(c)) for c in cats)] for label, r in routed]
+        lines += ["", "## Router accuracy", "", *_md_table(["Model", "Overall", *(DISPLAY[c] for c in cats)], rows)]
+    bad = [(label, s["malformed"]["count"]) for label, s in runs if s.get("malformed", {}).get("count")]
+    if bad:
+        lines += ["", *(f"- {label}: {n} malformed line(s) not scored (see summary.json)" for label, n in bad)]
+    return "\n".join(lines) + "\n"
+
+
+def _task_cell(row: Mapping[str, Any] | None) -> str:
+    return "–" if row is None else f"{pct(row['score'])} ({row['count']})"
+
+
+def leaderboard_table(runs: Sequence[Run], title: str = "SpaceVista-Bench (scores in %)") -> Table:
+    """The leaderboard as a rich table, with router accuracy and malformed lines where any run has them."""
+    header, rows = leaderboard_rows(runs)
+    has_router = any(s.get("router") for _, s in runs)
+    has_malformed = any(s.get("malformed", {}).get("count") for _, s in runs)
+    table = Table(header[0], title=title)
+    for column in [*header[1:], *(["router"] if has_router else []), *(["malformed"] if has_malformed else [])]:
+        table.add_column(column, justify="right")
+    for row, (_, s) in zip(rows, runs):
+        if has_router:
+            row.append(pct((s.get("router") or {}).get("accuracy")))
+        if has_malformed:
+            row.append(str(s.get("malformed", {}).get("count", 0)))
+        table.add_row(*row)
+    return table
+
+
+def category_table(summary: Mapping[str, Any]) -> Table:
+    """One run per scale: n, overall, each answer-type metric and router accuracy (scores in %)."""
+    table = Table("scale", "n", "overall", *(METRIC_LABELS[m] for m in METRICS), "router",
+                  title=f"{summary.get('name') or 'eval'}: per scale (scores in %)")
+    router = summary.get("router") or {"per_category": {}}
+    for cat, row in summary["per_category"].items():
+        table.add_row(DISPLAY[cat], str(row["count"]), pct(row["overall"]), *(pct(row[m]) for m in METRICS),
+                      pct(router["per_category"].get(cat)))
+    table.add_row("all", str(summary["total_count"]), pct(summary["overall"]), *[""] * len(METRICS),
+                  pct(router.get("accuracy")), style="bold")
+    return table
+
+
+def plot_per_scale(summary: Mapping[str, Any], out: Path) -> Path:
+    """Grouped bars per scale: overall and each answer-type metric present (fractions in [0, 1])."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    per_category = summary.get("per_category", {})
+    cats = list(per_category)
+    series = ["overall", *(m for m in METRICS if any(per_category[c].get(m) is not None for c in cats))]
+    fig, ax = plt.subplots(figsize=(1.6 + 1.5 * max(len(cats), 1), 3.6), dpi=110)
+    width = 0.8 / len(series)
+    for i, metric in enumerate(series):
+        xs = [k + (i - (len(series) - 1) / 2) * width for k in range(len(cats))]
+        ys = [per_category[c].get(metric) or 0.0 for c in cats]
+        ax.bar(xs, ys, width, label=METRIC_LABELS.get(metric, "Overall"))
+    ax.set_xticks(range(len(cats)), [DISPLAY[c] for c in cats])
+    ax.set_ylim(0, 1)
+    ax.set_ylabel("score")
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(fontsize=7)
+    overall = summary.get("overall")
+    ax.set_title(f"{summary.get('name') or 'eval'}: overall {pct(overall)}%", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(out)
+    plt.close(fig)
+    return out
