@@ -85,3 +85,13 @@ def test_resume_continues_bit_for_bit(local_ray, caches, tmp_path):
     for step in (3, 4):
         assert rows[straight][step]["reward/total"] == rows[split][step]["reward/total"]
         assert rows[straight][step]["learner/loss"] == rows[split][step]["learner/loss"]
+
+
+def test_asking_for_more_gpus_than_the_cluster_has_fails_before_any_actor(local_ray, caches, tmp_path):
+    from spacevista.cluster.resources import ResourceError
+
+    with pytest.raises(ResourceError, match=r"need 4 GPU \(rollout 4 x 1\) but the cluster has 0"):
+        run(tmp_path, caches, "steps=1", "cluster.rollout.count=4", "cluster.rollout.num_gpus=1")
+    assert not (tmp_path / "metrics.jsonl").exists()
+    named = [a for a in ray.util.list_named_actors(all_namespaces=True) if tmp_path.name in str(a)]
+    assert named == []
