@@ -18,8 +18,10 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_parser("train", help="run the training job (Hydra overrides follow, e.g. rollout.n=8)", add_help=False)
     from spacevista.data.cli import add_subparser as add_data
     from spacevista.rewards.cli import add_subparser as add_rewards
+    from spacevista.eval.cli import add_subparser as add_eval
     add_data(sub)
     add_rewards(sub)
+    add_eval(sub)
     from spacevista.cluster.submit import add_jobs_subparser, add_submit_subparser
     add_submit_subparser(sub)
     add_jobs_subparser(sub)

@@ -86,3 +86,14 @@ def ray_temp_dir():
     path = tempfile.mkdtemp(prefix="svr-", dir="/tmp")
     yield Path(path)
     shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def local_ray(ray_temp_dir):
+    """A local Ray for one test module: 127.0.0.1, its own temp dir, token auth as Ray defaults it."""
+    import ray
+
+    ray.init(address="local", num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1",
+             _temp_dir=str(ray_temp_dir), log_to_driver=False)
+    yield
+    ray.shutdown()

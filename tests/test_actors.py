@@ -25,15 +25,6 @@ def compute_score(data_source, solution_str, ground_truth, extra_info=None):
     return 1.0
 '''
 
-
-@pytest.fixture(scope="module")
-def local_ray(ray_temp_dir):
-    ray.init(address="local", num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1",
-             _temp_dir=str(ray_temp_dir), log_to_driver=False)
-    yield
-    ray.shutdown()
-
-
 def items(n: int) -> list[tuple]:
     truth = {"type": "numeric", "value": 2.0, "unit": "m", "choices": None, "scale": "indoor", "task": "object_size"}
     good = "<think>floor tiles</think><scale>indoor</scale><answer>2 m</answer>"

@@ -29,14 +29,6 @@ SHORT = [
 
 
 @pytest.fixture(scope="module")
-def local_ray(ray_temp_dir):
-    ray.init(address="local", num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1",
-             _temp_dir=str(ray_temp_dir), log_to_driver=False)
-    yield
-    ray.shutdown()
-
-
-@pytest.fixture(scope="module")
 def caches(tmp_path_factory):
     root = tmp_path_factory.mktemp("cache")
     return [f"data.synth.cache_dir={root / 'data'}", f"model.cache_dir={root / 'models'}"]

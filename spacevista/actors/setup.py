@@ -96,10 +96,9 @@ def prepare_model(cfg: TrainConfig) -> Path:
                                     "directory is required; nothing is downloaded)")
         return path
     from spacevista.data.synth import tokenizer_corpus
-    from spacevista.policies.tiny import TinyPolicyConfig, build_tiny_policy
+    from spacevista.policies.tiny import build_tiny_policy
 
-    arch = TinyPolicyConfig(**dataclasses.asdict(cfg.model.tiny))
-    return build_tiny_policy(Path(cfg.model.cache_dir).expanduser(), tokenizer_corpus(), arch)
+    return build_tiny_policy(Path(cfg.model.cache_dir).expanduser(), tokenizer_corpus(), cfg.model.tiny)
 
 
 def prepare_run(cfg: TrainConfig, run_dir: Path) -> PreparedRun:

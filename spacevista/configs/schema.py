@@ -16,23 +16,8 @@ from spacevista.policies.experts import ExpertLoRAConfig
 from spacevista.policies.objectives import ObjectiveConfig
 from spacevista.policies.optim import OptimConfig
 from spacevista.policies.router import RouterConfig
+from spacevista.policies.tiny import TinyPolicyConfig
 from spacevista.scales import SCALES
-
-
-@dataclass
-class TinyArchConfig:
-    """Architecture of the offline tiny policy (used when `model.path` is empty)."""
-
-    hidden_size: int = 256
-    num_layers: int = 4
-    num_heads: int = 4
-    num_kv_heads: int = 2
-    intermediate_size: int = 512
-    vision_depth: int = 2
-    vision_hidden: int = 64
-    vision_heads: int = 2
-    vocab_size: int = 640
-    seed: int = 0
 
 
 @dataclass
@@ -40,7 +25,8 @@ class ModelConfig:
     path: str = ""  # a local Hugging Face directory; "" builds the tiny offline policy
     cache_dir: str = "~/.cache/spacevista/models"
     dtype: str = "float32"  # float32 on CPU (bf16 is slower on AVX2-only CPUs); bfloat16 on GPU
-    tiny: TinyArchConfig = field(default_factory=TinyArchConfig)
+    tiny: TinyPolicyConfig = field(default_factory=lambda: TinyPolicyConfig(
+        hidden_size=256, num_layers=4, intermediate_size=512))  # the embedded default's ~3.8 M parameters
     lora: ExpertLoRAConfig = field(default_factory=ExpertLoRAConfig)
     experts: list[str] = field(default_factory=lambda: list(SCALES))
 

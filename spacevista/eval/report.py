@@ -44,7 +44,8 @@ def load_summary(run_dir: Path) -> dict[str, Any]:
 def categories(runs: Sequence[Run]) -> list[str]:
     """The paper's four columns, plus any other scale (Drone) present in a run."""
     present = {c for _, s in runs for c in s.get("per_category", {})}
-    return [s.bench_category for s in SCALE_SPECS if s.bench_category in PAPER_CATEGORIES or s.bench_category in present]
+    return [s.bench_category for s in SCALE_SPECS
+            if s.bench_category in PAPER_CATEGORIES or s.bench_category in present]
 
 
 def pct(value: float | None) -> str:
@@ -98,7 +99,8 @@ def leaderboard_table(runs: Sequence[Run], title: str = "SpaceVista-Bench (score
     header, rows = leaderboard_rows(runs)
     has_router = any(s.get("router") for _, s in runs)
     has_malformed = any(s.get("malformed", {}).get("count") for _, s in runs)
-    table = Table(header[0], title=title)
+    table = Table(title=title)
+    table.add_column(header[0], overflow="fold")
     for column in [*header[1:], *(["router"] if has_router else []), *(["malformed"] if has_malformed else [])]:
         table.add_column(column, justify="right")
     for row, (_, s) in zip(rows, runs):
@@ -133,17 +135,19 @@ def plot_per_scale(summary: Mapping[str, Any], out: Path) -> Path:
     per_category = summary.get("per_category", {})
     cats = list(per_category)
     series = ["overall", *(m for m in METRICS if any(per_category[c].get(m) is not None for c in cats))]
-    fig, ax = plt.subplots(figsize=(1.6 + 1.5 * max(len(cats), 1), 3.6), dpi=110)
+    fig, ax = plt.subplots(figsize=(1.6 + 1.5 * max(len(cats), 1), 4.0), dpi=110)
     width = 0.8 / len(series)
     for i, metric in enumerate(series):
         xs = [k + (i - (len(series) - 1) / 2) * width for k in range(len(cats))]
-        ys = [per_category[c].get(metric) or 0.0 for c in cats]
-        ax.bar(xs, ys, width, label=METRIC_LABELS.get(metric, "Overall"))
+        ys = [per_category[c].get(metric) for c in cats]  # None: no such question at this scale, no bar
+        bars = ax.bar(xs, [float("nan") if y is None else y for y in ys], width,
+                      label=METRIC_LABELS.get(metric, "Overall"))
+        ax.bar_label(bars, labels=["" if y is None else pct(y) for y in ys], fontsize=6)
     ax.set_xticks(range(len(cats)), [DISPLAY[c] for c in cats])
-    ax.set_ylim(0, 1)
-    ax.set_ylabel("score")
+    ax.set_ylim(0, 1.08)
+    ax.set_ylabel("score (bar labels in %)")
     ax.grid(axis="y", alpha=0.3)
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=7, ncol=len(series), loc="upper center", bbox_to_anchor=(0.5, -0.1), frameon=False)
     overall = summary.get("overall")
     ax.set_title(f"{summary.get('name') or 'eval'}: overall {pct(overall)}%", fontsize=10)
     fig.tight_layout()

@@ -160,7 +160,9 @@ def bench_truth(answer_type: AnswerType, ground_truth: str, scale: str, task: st
 
 
 def _text(row: dict[str, Any], key: str, *, numbers: bool = False) -> str:
-    value = row.get(key)
+    if key not in row:
+        raise _LineError(f"missing field {key!r}")
+    value = row[key]
     if numbers and isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
         return str(value)
     if not isinstance(value, str) or not value.strip():

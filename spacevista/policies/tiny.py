@@ -40,7 +40,7 @@ CHAT_TEMPLATE = (
 )
 
 
-@dataclass(frozen=True)
+@dataclass
 class TinyPolicyConfig:
     """Architecture of the offline policy. Defaults: ~0.7 M parameters, for tests."""
 
@@ -57,7 +57,7 @@ class TinyPolicyConfig:
     image_max_pixels: int = 112 * 112
     max_position_embeddings: int = 4096
     seed: int = 0
-    mrope_section: tuple[int, ...] = field(default=())  # empty: derived from head_dim
+    mrope_section: list[int] = field(default_factory=list)  # empty: derived from head_dim
 
     @property
     def head_dim(self) -> int:

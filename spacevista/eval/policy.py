@@ -1,0 +1,138 @@
+"""What evaluation takes from a training checkpoint: the base model, the scale experts, the router.
+
+A checkpoint `step_N/` (policies/checkpoint.py, checkpointing.py) holds one peft adapter directory
+per expert, `learner.pt` (the router's state among the optimizer's), `base/` when full-parameter SFT
+trained the base model, and the `COMPLETE` marker. The base model the experts adapt is, first found:
+`--model`, `step_N/base/`, the marker's `model_path`. The base policy baseline (`--checkpoint none`)
+has one expert, ZERO_EXPERT, fresh (LoRA B = 0), so it runs the engines' expert path and equals the
+base model exactly.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from peft import LoraConfig
+from peft.utils import SAFETENSORS_WEIGHTS_NAME
+from safetensors.torch import load_file
+
+from spacevista.checkpointing import COMPLETE_MARKER, latest_checkpoint
+from spacevista.policies.checkpoint import BASE_DIR, LEARNER_FILE
+from spacevista.policies.experts import ExpertLoRAConfig
+from spacevista.policies.router import RouterConfig, ScaleRouter
+from spacevista.scales import SCALES
+
+ZERO_EXPERT = "initial"
+ADAPTER_CONFIG = "adapter_config.json"
+
+
+class EvalError(Exception):
+    """A checkpoint, model or option that evaluation cannot use; the message says what to do."""
+
+
+@dataclass
+class EvalPolicy:
+    """The policy to evaluate: `weights` are the trained experts' adapters (peft saved format);
+    `router` is the checkpoint's learned router, None when it has no trained one."""
+
+    name: str
+    model_path: Path
+    experts: list[str]
+    lora: ExpertLoRAConfig = field(default_factory=ExpertLoRAConfig)
+    weights: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)
+    router: ScaleRouter | None = None
+    checkpoint: Path | None = None
+
+
+def base_policy(model_path: str | Path) -> EvalPolicy:
+    """The initial policy: the base model behind one fresh (all-zero) expert."""
+    return EvalPolicy("base", _model_dir(Path(model_path), "--model"), [ZERO_EXPERT])
+
+
+def load_policy_from_checkpoint(path: str | Path, model_path: str | Path | None = None) -> EvalPolicy:
+    """The experts, LoRA shape, router and base model of a `step_N/` directory (or of a run
+    directory's latest complete checkpoint)."""
+    checkpoint = resolve_checkpoint(Path(path))
+    experts = _expert_names(checkpoint)
+    lora = _lora_config(checkpoint, experts)
+    weights = {e: load_file(str(checkpoint / e / SAFETENSORS_WEIGHTS_NAME)) for e in experts}
+    base = _base_model(checkpoint, Path(model_path) if model_path else None)
+    return EvalPolicy(checkpoint.name, base, experts, lora, weights, _router(checkpoint, experts), checkpoint)
+
+
+def resolve_checkpoint(path: Path) -> Path:
+    """`path` itself when it holds expert adapters, else the run directory's latest checkpoint."""
+    if not path.is_dir():
+        raise EvalError(f"--checkpoint {path}: no such directory")
+    if any((d / ADAPTER_CONFIG).is_file() for d in path.iterdir() if d.is_dir()):
+        return path
+    latest = latest_checkpoint(path)
+    if latest is None:
+        raise EvalError(f"--checkpoint {path}: neither a step_N/ checkpoint (expert adapter directories) "
+                        f"nor a run directory with complete checkpoints")
+    return latest
+
+
+def _expert_names(checkpoint: Path) -> list[str]:
+    """Expert directories, in scales order (the router's class order while the checkpoint does not record one)."""
+    names = {d.name for d in checkpoint.iterdir() if (d / ADAPTER_CONFIG).is_file()}
+    unknown = sorted(names - set(SCALES))
+    if unknown:
+        raise EvalError(f"{checkpoint}: expert adapters {unknown} are not named by a scale {list(SCALES)}")
+    return [s for s in SCALES if s in names]
+
+
+def _lora_config(checkpoint: Path, experts: list[str]) -> ExpertLoRAConfig:
+    """The one LoRA shape every expert shares (the engines serve all experts with one config)."""
+    shapes = {}
+    for expert in experts:
+        cfg = LoraConfig.from_pretrained(str(checkpoint / expert))
+        target = cfg.target_modules if isinstance(cfg.target_modules, str) else sorted(cfg.target_modules)
+        shapes[expert] = (cfg.r, cfg.lora_alpha, json.dumps(target))
+    if len(set(shapes.values())) != 1:
+        raise EvalError(f"{checkpoint}: experts have different LoRA shapes (rank, alpha, targets): {shapes}")
+    rank, alpha, target = shapes[experts[0]]
+    return ExpertLoRAConfig(rank=rank, alpha=alpha, target_modules=json.loads(target))
+
+
+def _model_dir(path: Path, what: str) -> Path:
+    if not (path / "config.json").is_file():
+        raise EvalError(f"{what} {path}: not a Hugging Face model directory (no config.json)")
+    return path
+
+
+def _base_model(checkpoint: Path, model_path: Path | None) -> Path:
+    if model_path is not None:
+        return _model_dir(model_path, "--model")
+    if (checkpoint / BASE_DIR / "config.json").is_file():
+        return checkpoint / BASE_DIR
+    marker = checkpoint / COMPLETE_MARKER
+    recorded = json.loads(marker.read_text()).get("model_path") if marker.is_file() else None
+    if recorded:
+        return _model_dir(Path(recorded), f"{checkpoint} records model_path")
+    raise EvalError(f"{checkpoint} does not say which base model its experts adapt (no {BASE_DIR}/, no model_path "
+                    f"in {COMPLETE_MARKER}): pass --model PATH (the run's model.path, or its tiny policy directory)")
+
+
+def _router(checkpoint: Path, experts: list[str]) -> ScaleRouter | None:
+    """The learned router of `learner.pt`, if it has a classifier that took at least one step."""
+    learner_file = checkpoint / LEARNER_FILE
+    if not learner_file.is_file():
+        return None
+    # Our own file (RNG states are not tensors); mmap: the optimizer state it also holds is never read.
+    state = torch.load(learner_file, map_location="cpu", mmap=True, weights_only=False)["router"]
+    if "classifier.0.weight" not in state or int(state["trained_steps"]) == 0:
+        return None
+    classes = state["classifier.3.weight"].shape[0]
+    if classes != len(experts):
+        raise EvalError(f"{checkpoint}: the router has {classes} classes for {len(experts)} experts {experts}")
+    router = ScaleRouter(experts, state["classifier.0.weight"].shape[0],
+                         RouterConfig(mode="learned", hidden=state["classifier.1.weight"].shape[0]))
+    try:
+        router.load_state_dict(state)
+    except RuntimeError as err:
+        raise EvalError(f"{checkpoint}: the router state in {LEARNER_FILE} does not fit ScaleRouter: {err}") from None
+    return router.eval()
