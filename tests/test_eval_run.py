@@ -81,6 +81,18 @@ def test_a_checkpoint_that_names_no_base_model_asks_for_one(trained, tmp_path):
         load_policy_from_checkpoint(bare)
 
 
+def test_the_base_model_is_the_model_flag_then_the_checkpoint_base_dir_then_the_recorded_path(
+        trained, tiny_policy_dir, tmp_path):
+    _, checkpoint = trained
+    sft = tmp_path / "step_1"
+    shutil.copytree(checkpoint, sft)
+    shutil.copytree(tiny_policy_dir, sft / "base")  # as full-parameter SFT leaves it
+    other = shutil.copytree(tiny_policy_dir, tmp_path / "other")
+    assert load_policy_from_checkpoint(checkpoint).model_path == tiny_policy_dir
+    assert load_policy_from_checkpoint(sft).model_path == sft / "base"
+    assert load_policy_from_checkpoint(sft, other).model_path == other
+
+
 def _run(tmp_path: Path, *args: str) -> tuple[list[dict], dict]:
     out = tmp_path / "out"
     assert main(["eval", "run", *args, "--out", str(out), *FAST]) == 0

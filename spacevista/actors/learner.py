@@ -109,7 +109,7 @@ class LearnerGroup:
     """The learner ranks; every call goes to all ranks at once (their collectives must match)."""
 
     def __init__(self, cfg: TrainConfig, model_path: Path, group: RoleGroup, run_name: str):
-        self.cfg, self.group = cfg, group
+        self.cfg, self.group, self.model_path = cfg, group, Path(model_path)
         world = group.config.count
         self.workers = [LearnerWorker.options(**actor_options(group, r, run_name)).remote(r, world, cfg, str(model_path))
                         for r in range(world)]
@@ -143,7 +143,9 @@ class LearnerGroup:
         tmp = checkpointing.staging_dir(run_dir, step)
         self._all("save", shared=(str(tmp),))
         (tmp / "controller.json").write_text(json.dumps({"curriculum": curriculum, "sampler": sampler}))
-        return checkpointing.commit(tmp, step, {"world_size": len(self.workers)}, keep)
+        meta = {"world_size": len(self.workers), "model_path": str(self.model_path),
+                "experts": list(self.cfg.model.experts)}  # the router's class order
+        return checkpointing.commit(tmp, step, meta, keep)
 
     def load(self, checkpoint: Path) -> dict[str, Any]:
         import json

@@ -78,10 +78,23 @@ def wait(c, job_id: str, timeout_s: float) -> str:
         time.sleep(1.0)
 
 
+def submit_when_ready(c, timeout_s: float = 60.0, **job: Any) -> str:
+    """Submit, waiting out a head whose job agent has not registered yet (a fresh `ray start`)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            return c.submit_job(**job)
+        except RuntimeError as err:
+            if "No available agent" not in str(err) or time.monotonic() > deadline:
+                raise
+            time.sleep(1.0)
+
+
 def run_submit(args: argparse.Namespace) -> int:
     overrides = [o for o in args.overrides if o != "--"]
     c = client(args.address, args.token_file)
-    job_id = c.submit_job(
+    job_id = submit_when_ready(
+        c,
         entrypoint=entrypoint(overrides),
         runtime_env=build_runtime_env(args.working_dir, args.env, args.pip),
         submission_id=args.job_id,

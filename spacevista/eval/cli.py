@@ -84,7 +84,7 @@ def run_eval(args: argparse.Namespace) -> int:
         if train:
             errors.print(f"warning: {train} of {len(records)} records are from the train split")
         samples, stats = evaluate(policy, records, options)
-    except (EvalError, DataError, FrameError, FileNotFoundError) as err:
+    except (EvalError, DataError, FrameError, FileNotFoundError, ImportError) as err:  # ImportError: no vLLM
         errors.print(f"error: {err}")
         return 2
     out = args.out or Path("runs/eval") / f"{policy.name}-{time.strftime('%Y-%m-%d_%H-%M-%S')}"

@@ -77,11 +77,18 @@ def resolve_checkpoint(path: Path) -> Path:
 
 
 def _expert_names(checkpoint: Path) -> list[str]:
-    """Expert directories, in scales order (the router's class order while the checkpoint does not record one)."""
+    """Expert directories in the router's class order: as the checkpoint's marker records it
+    (training writes `experts`), else scales order."""
     names = {d.name for d in checkpoint.iterdir() if (d / ADAPTER_CONFIG).is_file()}
     unknown = sorted(names - set(SCALES))
     if unknown:
         raise EvalError(f"{checkpoint}: expert adapters {unknown} are not named by a scale {list(SCALES)}")
+    marker = checkpoint / COMPLETE_MARKER
+    recorded = json.loads(marker.read_text()).get("experts") if marker.is_file() else None
+    if recorded:
+        if set(recorded) != names:
+            raise EvalError(f"{checkpoint}: {COMPLETE_MARKER} lists experts {recorded} but holds adapters {sorted(names)}")
+        return list(recorded)
     return [s for s in SCALES if s in names]
 
 
