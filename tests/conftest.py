@@ -70,7 +70,7 @@ def assert_adam_weights_close(got: dict, expected: dict, lr: float, tight: float
     Every element must be within Adam's bound, and all but a `sliver` fraction within `tight` * lr."""
     far = total = 0
     for name, want in expected.items():
-        diff = (got[name] - want).abs()
+        diff = (got[name] - want).detach().abs()
         assert float(diff.max()) <= 2.5 * lr, f"{name}: {float(diff.max())} > Adam's bound {2.5 * lr}"
         far += int((diff > tight * lr).sum())
         total += diff.numel()

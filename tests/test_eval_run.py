@@ -154,7 +154,7 @@ def test_the_checkpoint_experts_are_what_generates(random_checkpoint, tiny_polic
 
 
 @pytest.mark.slow
-def test_ray_rollout_workers_answer_as_the_in_process_engine(trained, synth_root, tmp_path_factory):
+def test_ray_rollout_workers_answer_as_the_in_process_engine(trained, synth_root, ray_temp_dir):
     import ray
 
     _, checkpoint = trained
@@ -163,7 +163,7 @@ def test_ray_rollout_workers_answer_as_the_in_process_engine(trained, synth_root
     options = RunOptions(routing="learned", max_tokens=6, batch_size=5)
     alone, _ = evaluate(policy, records, options)
     ray.init(address="local", num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1",
-             _temp_dir=str(tmp_path_factory.mktemp("ray")), log_to_driver=False)
+             _temp_dir=str(ray_temp_dir), log_to_driver=False)
     try:
         parallel, _ = evaluate(policy, records, dataclasses.replace(options, workers=2))
     finally:
