@@ -87,3 +87,12 @@ def test_asking_for_more_gpus_than_the_cluster_has_fails_before_any_actor(local_
     assert not (tmp_path / "metrics.jsonl").exists()
     named = [a for a in ray.util.list_named_actors(all_namespaces=True) if tmp_path.name in str(a)]
     assert named == []
+
+
+def test_async_rollout_overlaps_generation_with_one_step_of_staleness(local_ray, caches, tmp_path):
+    result = run(tmp_path, caches, "steps=3", "async_rollout=true", "eval_every=0", "log.plot=false",
+                 "log.tensorboard=false")
+    assert result.steps == 3
+    staleness = [r["rollout/staleness"] for r in map(json.loads, (tmp_path / "metrics.jsonl").read_text().splitlines())]
+    assert staleness == [0.0, 1.0, 1.0]  # step 1 has nothing to overlap with; later steps are one update behind
+    assert (tmp_path / "checkpoints" / "step_3").is_dir()

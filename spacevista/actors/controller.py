@@ -29,7 +29,7 @@ from spacevista.actors.setup import (PreparedRun, prepare_run, reward_config_dic
                                      stage_reward_weights, validate_config)
 from spacevista.cluster.metrics import RayMetrics
 from spacevista.cluster.resources import check_cluster, reserve
-from spacevista.configs.schema import RewardWeightsConfig, TrainConfig
+from spacevista.configs.schema import RewardWeightsConfig, StageConfig, TrainConfig
 from spacevista.curriculum import Curriculum, StageChange
 from spacevista.data.frames import load_images, load_video
 from spacevista.data.schema import Record
@@ -156,20 +156,20 @@ def _train(cfg: TrainConfig, run_dir: Path, prep: PreparedRun, config_dict: dict
         evaluate = _Evaluator(cfg, prep, rollout, reward)
         if start_step == 0 and evaluate.records:
             tracker.log_eval(0, evaluate(0, expert_refs))
+        pending: _Rollout | None = None
         for step in range(start_step + 1, cfg.steps + 1):
             t0 = time.perf_counter()
-            stage = curriculum.stage
-            sampler.set_weights(curriculum.scale_weights())
-            records = prep.dataset.take(sampler.next_batch(cfg.rollout.prompts_per_step))
-            requests = to_requests(records, step)
-            params = SamplingParams(n=n, temperature=cfg.rollout.temperature, top_p=cfg.rollout.top_p,
-                                    max_tokens=cfg.rollout.max_tokens, seed=cfg.seed * 100_003 + step)
-
-            completions = rollout.generate(requests, params, version=step - 1, experts=expert_refs)
+            if pending is None:  # sync mode, or the first step of an async run
+                pending = _launch(cfg, step, curriculum, sampler, prep, rollout, step - 1, expert_refs)
+            current, pending = pending, None
+            stage, records, requests = current.stage, current.records, current.requests
+            completions = WorkerPool.gather(current.refs)
             t_gen = time.perf_counter()
             breakdowns = reward.score(score_items(records, completions, n), stage_reward_weights(stage))
             t_rew = time.perf_counter()
-
+            sampler_state = sampler.state_dict()  # the data cursor after this step's batch: where a resume goes on
+            if cfg.async_rollout and step < cfg.steps:  # generate step k+1 with the weights before update k
+                pending = _launch(cfg, step + 1, curriculum, sampler, prep, rollout, step - 1, expert_refs)
             scores = torch.tensor([b.total for b in breakdowns], dtype=torch.float32)
             uids = [r.request_id for r in requests for _ in range(n)]
             advantages = compute_advantages(scores, torch.ones(len(uids), 1), uids, cfg.learner.objective)[:, 0]
@@ -182,6 +182,7 @@ def _train(cfg: TrainConfig, run_dir: Path, prep: PreparedRun, config_dict: dict
             scalars = _scalars(per_scale, learn_metrics, completions, curriculum.stage_index,
                                {"generate": t_gen - t0, "reward": t_rew - t_gen, "learn": t_learn - t_rew,
                                 "step": time.perf_counter() - t0})
+            scalars["rollout/staleness"] = float(step - 1 - current.weights_version)
             change = curriculum.observe(step, {s: v for s, v in per_scale.items() if s != "all"})
             tracker.log(step, scalars, {"stage": stage.name, "reward": f"{scalars['reward/total']:.3f}",
                                         "samples/s": f"{scalars['perf/samples_per_s']:.1f}"})
@@ -193,13 +194,14 @@ def _train(cfg: TrainConfig, run_dir: Path, prep: PreparedRun, config_dict: dict
                                     {"generate": ("rollout", t_gen - t0), "reward": ("reward", t_rew - t_gen),
                                      "learn": ("learner", t_learn - t_rew)},
                                     {"reward": sum(b.error is not None for b in breakdowns)})
+                metrics.record_queue("rollout", len(pending.requests) if pending else 0)
             if change is not None:
                 tracker.message(f"step {step}: curriculum {change.from_stage!r} -> {change.to_stage!r} ({change.reason})")
                 tracker.show(reward_table(f"stage {change.from_stage!r} finished at step {step}", per_scale))
             if evaluate.records and (step % cfg.eval_every == 0 or step == cfg.steps):
                 tracker.log_eval(step, evaluate(step, expert_refs))
             if step % cfg.checkpoint_every == 0 or step == cfg.steps:
-                learners.save(run_dir, step, curriculum.state_dict(), sampler.state_dict(), cfg.keep_checkpoints)
+                learners.save(run_dir, step, curriculum.state_dict(), sampler_state, cfg.keep_checkpoints)
         result = _finish(run_dir, history, curriculum, cfg.log.plot, tracker)
     finally:
         tracker.close()
@@ -207,6 +209,31 @@ def _train(cfg: TrainConfig, run_dir: Path, prep: PreparedRun, config_dict: dict
         reward.shutdown()
         learners.shutdown()
     return result
+
+
+@dataclass
+class _Rollout:
+    """One step's prompts and its generation in flight."""
+
+    step: int
+    stage: StageConfig
+    records: list[Record]
+    requests: list[GenerationRequest]
+    refs: list
+    weights_version: int  # the learner step whose expert weights generate these samples
+
+
+def _launch(cfg: TrainConfig, step: int, curriculum: Curriculum, sampler, prep: PreparedRun, rollout: WorkerPool,
+            weights_version: int, expert_refs: dict) -> _Rollout:
+    """Draw `step`'s prompts under the current stage and start generating them (non-blocking)."""
+    stage = curriculum.stage
+    sampler.set_weights(curriculum.scale_weights())
+    records = prep.dataset.take(sampler.next_batch(cfg.rollout.prompts_per_step))
+    requests = to_requests(records, step)
+    params = SamplingParams(n=cfg.rollout.n, temperature=cfg.rollout.temperature, top_p=cfg.rollout.top_p,
+                            max_tokens=cfg.rollout.max_tokens, seed=cfg.seed * 100_003 + step)
+    refs = rollout.generate_async(requests, params, version=weights_version, experts=expert_refs)
+    return _Rollout(step, stage, records, requests, refs, weights_version)
 
 
 class _Evaluator:

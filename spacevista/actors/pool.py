@@ -54,14 +54,25 @@ class WorkerPool:
                   for i in range(group.config.count)]
         return cls("reward", actors, group)
 
-    def _fan_out(self, method: str, items: Sequence[Any], *args: Any, **kwargs: Any) -> list[Any]:
+    def _submit(self, method: str, items: Sequence[Any], *args: Any, **kwargs: Any) -> list[ray.ObjectRef]:
         chunks = split_even(items, min(len(self.actors), max(1, len(items))))
-        refs = [getattr(a, method).remote(chunk, *args, **kwargs) for a, chunk in zip(self.actors, chunks) if chunk]
+        return [getattr(a, method).remote(chunk, *args, **kwargs) for a, chunk in zip(self.actors, chunks) if chunk]
+
+    @staticmethod
+    def gather(refs: list[ray.ObjectRef]) -> list[Any]:
+        """Results of submitted calls, concatenated in input order."""
         return [x for part in ray.get(refs) for x in part]
+
+    def _fan_out(self, method: str, items: Sequence[Any], *args: Any, **kwargs: Any) -> list[Any]:
+        return self.gather(self._submit(method, items, *args, **kwargs))
 
     def generate(self, requests: Sequence[Any], params: Any, version: int, experts: dict) -> list[Any]:
         """Completions, request-major, `params.n` per request."""
         return self._fan_out("generate", requests, params, version, experts)
+
+    def generate_async(self, requests: Sequence[Any], params: Any, version: int, experts: dict) -> list[ray.ObjectRef]:
+        """Start generating and return at once; `gather` the refs for the completions."""
+        return self._submit("generate", requests, params, version, experts)
 
     def score(self, items: Sequence[Any], weights: dict[str, Any]) -> list[Any]:
         return self._fan_out("score", items, weights)

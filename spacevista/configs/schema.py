@@ -166,3 +166,4 @@ class TrainConfig:
     keep_checkpoints: int = 3
     eval_every: int = 10  # greedy eval on the held-out split every N steps (0: never)
     eval_prompts_per_scale: int = 8
+    async_rollout: bool = False  # generate step k+1 while the learner updates step k (one step stale)
