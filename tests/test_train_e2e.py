@@ -34,6 +34,20 @@ def caches(tmp_path_factory):
     return [f"data.synth.cache_dir={root / 'data'}", f"model.cache_dir={root / 'models'}"]
 
 
+VARIED_REWARD = '''
+def compute_score(data_source, solution_str, ground_truth, extra_info=None):
+    """Spreads rewards within each GRPO group, so advantages (and expert updates) are never all zero."""
+    return (sum(map(ord, solution_str)) % 11) / 10
+'''
+
+
+@pytest.fixture(scope="module")
+def varied_reward(tmp_path_factory) -> str:
+    path = tmp_path_factory.mktemp("plugin") / "varied.py"
+    path.write_text(VARIED_REWARD)
+    return f"reward.plugins=[{{spec: '{path}:compute_score', weight: 1.0}}]"
+
+
 def run(tmp: Path, caches: list[str], *overrides: str):
     cfg = to_train_config(compose([*SHORT, *caches, f"run_dir={tmp}", *overrides]))
     return train(cfg, tmp)
@@ -63,20 +77,25 @@ def test_short_embedded_default_runs_and_writes_its_outputs(local_ray, caches, t
     assert "tabletop" in model.peft_config
 
 
-def test_resume_continues_bit_for_bit(local_ray, caches, tmp_path):
+@pytest.mark.parametrize("mode", ["async_rollout=false", "async_rollout=true"])
+def test_resume_continues_bit_for_bit(local_ray, caches, varied_reward, tmp_path, mode):
     straight, split = tmp_path / "straight", tmp_path / "split"
-    run(straight, caches, "steps=4", "checkpoint_every=2", "log.tensorboard=false", "log.plot=false")
-    run(split, caches, "steps=2", "checkpoint_every=2", "log.tensorboard=false", "log.plot=false")
-    run(split, caches, "steps=4", "checkpoint_every=2", "resume=auto", "log.tensorboard=false", "log.plot=false")
+    quiet = ("checkpoint_every=2", "log.tensorboard=false", "log.plot=false", "eval_every=0", mode, varied_reward)
+    run(straight, caches, "steps=4", *quiet)
+    run(split, caches, "steps=2", *quiet)
+    run(split, caches, "steps=4", "resume=auto", *quiet)
 
     a, b = expert_tensors(straight / "checkpoints" / "step_4"), expert_tensors(split / "checkpoints" / "step_4")
     assert a.keys() == b.keys() and a
     assert all(torch.equal(a[k], b[k]) for k in a)
+    before = expert_tensors(split / "checkpoints" / "step_2")
+    assert any(not torch.equal(before[k], a[k]) for k in a), "the experts did not move: nothing was tested"
     rows = {p: {r["step"]: r for r in map(json.loads, (p / "metrics.jsonl").read_text().splitlines())}
             for p in (straight, split)}
     for step in (3, 4):
         assert rows[straight][step]["reward/total"] == rows[split][step]["reward/total"]
-        assert rows[straight][step]["learner/loss"] == rows[split][step]["learner/loss"]
+        assert rows[straight][step]["learner/loss"] == rows[split][step]["learner/loss"] != 0.0
+        assert rows[straight][step]["rollout/staleness"] == rows[split][step]["rollout/staleness"]
 
 
 def test_asking_for_more_gpus_than_the_cluster_has_fails_before_any_actor(local_ray, caches, tmp_path):

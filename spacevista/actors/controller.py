@@ -134,8 +134,9 @@ def _train(cfg: TrainConfig, run_dir: Path, prep: PreparedRun, config_dict: dict
     torch.manual_seed(cfg.seed)
 
     learners = LearnerGroup(cfg, prep.model_path, reserve("learner", cfg.cluster.learner), run_name)
+    pending: _Rollout | None = None
     if resume_from is not None:
-        state = learners.load(resume_from)
+        state, pending = learners.load(resume_from)
         curriculum.load_state_dict(state["curriculum"])
         sampler.load_state_dict(state["sampler"])
         start_step = checkpointing.checkpoint_step(resume_from)
@@ -156,19 +157,18 @@ def _train(cfg: TrainConfig, run_dir: Path, prep: PreparedRun, config_dict: dict
         evaluate = _Evaluator(cfg, prep, rollout, reward)
         if start_step == 0 and evaluate.records:
             tracker.log_eval(0, evaluate(0, expert_refs))
-        pending: _Rollout | None = None
         for step in range(start_step + 1, cfg.steps + 1):
             t0 = time.perf_counter()
             if pending is None:  # sync mode, or the first step of an async run
                 pending = _launch(cfg, step, curriculum, sampler, prep, rollout, step - 1, expert_refs)
             current, pending = pending, None
             stage, records, requests = current.stage, current.records, current.requests
-            completions = WorkerPool.gather(current.refs)
+            completions = current.completions if current.completions is not None else WorkerPool.gather(current.refs)
             t_gen = time.perf_counter()
             breakdowns = reward.score(score_items(records, completions, n), stage_reward_weights(stage))
             t_rew = time.perf_counter()
-            sampler_state = sampler.state_dict()  # the data cursor after this step's batch: where a resume goes on
-            if cfg.async_rollout and step < cfg.steps:  # generate step k+1 with the weights before update k
+            if cfg.async_rollout:  # generate step k+1 with the weights before update k (after the last step too:
+                # it is kept with the final checkpoint, so a later `resume` with more steps continues exactly)
                 pending = _launch(cfg, step + 1, curriculum, sampler, prep, rollout, step - 1, expert_refs)
             scores = torch.tensor([b.total for b in breakdowns], dtype=torch.float32)
             uids = [r.request_id for r in requests for _ in range(n)]
@@ -201,7 +201,10 @@ def _train(cfg: TrainConfig, run_dir: Path, prep: PreparedRun, config_dict: dict
             if evaluate.records and (step % cfg.eval_every == 0 or step == cfg.steps):
                 tracker.log_eval(step, evaluate(step, expert_refs))
             if step % cfg.checkpoint_every == 0 or step == cfg.steps:
-                learners.save(run_dir, step, curriculum.state_dict(), sampler_state, cfg.keep_checkpoints)
+                if pending is not None:  # async: keep step k+1's rollout with the checkpoint, so resume is exact
+                    pending.completions, pending.refs = WorkerPool.gather(pending.refs), []
+                learners.save(run_dir, step, {"curriculum": curriculum.state_dict(), "sampler": sampler.state_dict()},
+                              cfg.keep_checkpoints, pending)
         result = _finish(run_dir, history, curriculum, cfg.log.plot, tracker)
     finally:
         tracker.close()
@@ -221,6 +224,7 @@ class _Rollout:
     requests: list[GenerationRequest]
     refs: list
     weights_version: int  # the learner step whose expert weights generate these samples
+    completions: list | None = None  # set once gathered (and so when restored from a checkpoint)
 
 
 def _launch(cfg: TrainConfig, step: int, curriculum: Curriculum, sampler, prep: PreparedRun, rollout: WorkerPool,

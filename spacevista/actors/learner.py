@@ -105,6 +105,9 @@ class LearnerWorker:
             dist.destroy_process_group()
 
 
+PENDING_ROLLOUT = "pending_rollout.pkl"  # async mode: step N+1's completions, generated before update N
+
+
 class LearnerGroup:
     """The learner ranks; every call goes to all ranks at once (their collectives must match)."""
 
@@ -136,22 +139,30 @@ class LearnerGroup:
         written = self._all("export_policy", shared=(str(path),))[0]
         return Path(written) if written else None
 
-    def save(self, run_dir: Path, step: int, curriculum: dict, sampler: dict, keep: int) -> Path:
-        """Every rank writes its part into one staging directory; the controller commits it atomically."""
+    def save(self, run_dir: Path, step: int, controller: dict, keep: int, pending: Any = None) -> Path:
+        """Every rank writes its part into one staging directory, the controller its state (and, in
+        async mode, the next step's finished rollout); then the directory is committed atomically."""
         import json
+        import pickle
 
         tmp = checkpointing.staging_dir(run_dir, step)
         self._all("save", shared=(str(tmp),))
-        (tmp / "controller.json").write_text(json.dumps({"curriculum": curriculum, "sampler": sampler}))
+        (tmp / "controller.json").write_text(json.dumps(controller))
+        if pending is not None:
+            (tmp / PENDING_ROLLOUT).write_bytes(pickle.dumps(pending))
         meta = {"world_size": len(self.workers), "model_path": str(self.model_path),
                 "experts": list(self.cfg.model.experts)}  # the router's class order
         return checkpointing.commit(tmp, step, meta, keep)
 
-    def load(self, checkpoint: Path) -> dict[str, Any]:
+    def load(self, checkpoint: Path) -> tuple[dict[str, Any], Any]:
+        """(controller state, the pending rollout or None) after every rank loaded its part."""
         import json
+        import pickle
 
         self._all("load", shared=(str(checkpoint),))
-        return json.loads((checkpoint / "controller.json").read_text())
+        pending_file = checkpoint / PENDING_ROLLOUT
+        pending = pickle.loads(pending_file.read_bytes()) if pending_file.exists() else None  # our own file
+        return json.loads((checkpoint / "controller.json").read_text()), pending
 
     def shutdown(self) -> None:
         try:

@@ -262,6 +262,7 @@ class LearnerCore:
         """Inverse of `state_dict`; under FSDP only rank 0 needs `state` (others may pass {})."""
         meta = {k: state[k] for k in ("router", "scheduler", "step", "rng")} if self.rank == 0 else {}
         meta["base_trained"] = bool(state.get("base")) if self.rank == 0 else False
+        meta["optimizer_keys"] = sorted(state.get("optimizer", {}).get("state", {})) if self.rank == 0 else []
         if self.world > 1:
             box = [meta]
             dist.broadcast_object_list(box, src=0)
@@ -273,12 +274,28 @@ class LearnerCore:
         result = set_model_state_dict(self.model, model_state, options=options)
         if result.unexpected_keys:
             raise KeyError(f"checkpoint weights the model does not have: {result.unexpected_keys[:5]}")
-        set_optimizer_state_dict(self._state_modules, self.optimizer, state.get("optimizer", {}), options=options)
+        self._load_optimizer_state(state.get("optimizer", {}), set(meta["optimizer_keys"]), options)
         self.router.load_state_dict(meta["router"])
         self.scheduler.load_state_dict(meta["scheduler"])
         self.step = meta["step"]
         self.base_trained = meta["base_trained"]
         checkpoint.set_rng_state(meta["rng"])  # rank 0's streams on every rank
+
+    def _load_optimizer_state(self, optimizer_state: dict[str, Any], saved: set[str], options: StateDictOptions) -> None:
+        """Load the optimizer state exactly as saved. torch's `set_optimizer_state_dict` first gives
+        every trainable parameter a state by a zero-gradient step (step=1, zero moments) and loads only
+        into trainable parameters: so make every optimized parameter trainable while loading, then drop
+        the states the checkpoint did not have, or Adam's bias correction of a never-stepped expert
+        would differ from the uninterrupted run's."""
+        optimized = {id(q) for g in self.optimizer.param_groups for q in g["params"]}
+        for param in self.model.parameters():
+            param.requires_grad_(id(param) in optimized)
+        set_optimizer_state_dict(self._state_modules, self.optimizer, optimizer_state, options=options)
+        self._set_trainable(base=False)
+        names = {p: n for n, p in self._state_modules.named_parameters()}
+        for param in list(self.optimizer.state):
+            if names.get(param) not in saved:
+                del self.optimizer.state[param]
 
     def save_checkpoint(self, directory: str | Path) -> None:
         """Write `directory/<expert>/` (peft adapter dirs), `learner.pt`, and `base/` if the base
