@@ -82,7 +82,7 @@ def worker_ours(args: argparse.Namespace) -> dict:
     def col(key: str) -> list[float]:
         return [float(r.get(key, float("nan"))) for r in rows]
 
-    return {"kind": "ours", "learners": args.learners, "run_dir": str(run_dir), "wall_s": wall,
+    return {"kind": "ours", "learners": args.learners, "async": cfg.async_rollout, "run_dir": str(run_dir), "wall_s": wall,
             "completions": cfg.rollout.prompts_per_step * cfg.rollout.n,
             "step_s": col("time/step_s"), "generate_s": col("time/generate_s"), "reward_s": col("time/reward_s"),
             "learn_s": col("time/learn_s"), "learner_compute_s": col("learner/step_time_s"),
@@ -293,7 +293,8 @@ def main() -> None:
     for r in results:
         s = summarize(r, args.warmup)
         if r["kind"] == "ours":
-            name = f"ours: `spacevista train`, {r['learners']} learner rank{'s' if r['learners'] > 1 else ''}"
+            name = (f"ours: `spacevista train`, {r['learners']} learner rank{'s' if r['learners'] > 1 else ''}"
+                    + (", async rollout" if r.get("async") else ", sync"))
             threads = f"1 (each of {r['learners'] + 2} actors)"
             learn = f"{fmt(s['learn'])} (learner compute {fmt(s['learner_compute'])})"
         else:

@@ -203,7 +203,8 @@ def test_vllm_engine_without_vllm_names_the_lane_script(tiny_policy_dir):
 
 def test_sampling_never_emits_media_placeholder_tokens(tiny_policy_dir):
     """A random policy would sample <|video_pad|> etc.; the learner could not re-encode such a response."""
-    from spacevista.rollout.engine import GenerationRequest, SamplingParams, media_token_ids
+    from spacevista.policies.chat import media_token_ids
+    from spacevista.rollout.engine import GenerationRequest, SamplingParams
     from spacevista.rollout.hf_engine import HFEngine
 
     engine = HFEngine(tiny_policy_dir, ["indoor"])

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -45,19 +46,36 @@ def test_submit_runs_a_short_training_job_and_its_metrics_reach_the_dashboard(he
     job_id = re.search(r"submitted job (\S+)", submitted.stdout).group(1)
     assert f"{head.dashboard_url}/#/jobs/{job_id}" in submitted.stdout
 
-    seen_metric, status = False, ""
+    # Ray's agent drops a gauge ~2 export intervals (2 s here) after its process stops reporting, and a
+    # `jobs status` call takes seconds: watch the endpoint from its own thread, several times a second.
+    seen_metric, done = threading.Event(), threading.Event()
+
+    def watch_metrics() -> None:
+        while not done.is_set() and not seen_metric.is_set():
+            try:
+                if "ray_spacevista_reward{" in head.metrics_text():
+                    seen_metric.set()
+            except OSError:
+                pass
+            time.sleep(0.2)
+
+    watcher = threading.Thread(target=watch_metrics, daemon=True)
+    watcher.start()
+    status = ""
     deadline = time.monotonic() + 480
-    while time.monotonic() < deadline:
-        if not seen_metric:
-            seen_metric = "ray_spacevista_reward" in head.metrics_text()
-        status = cli(head, "jobs", "status", job_id, "--address", head.dashboard_url).stdout
-        if any(s in status for s in ("SUCCEEDED", "FAILED", "STOPPED")):
-            break
-        time.sleep(2)
+    try:
+        while time.monotonic() < deadline:
+            status = cli(head, "jobs", "status", job_id, "--address", head.dashboard_url).stdout
+            if any(s in status for s in ("SUCCEEDED", "FAILED", "STOPPED")):
+                break
+            time.sleep(1)
+    finally:
+        done.set()
+        watcher.join(timeout=30)
     logs = cli(head, "jobs", "logs", job_id, "--address", head.dashboard_url).stdout
     assert "SUCCEEDED" in status, f"{status}\n{logs[-3000:]}"
     assert "run directory:" in logs
-    assert seen_metric or "ray_spacevista_reward" in head.metrics_text()
+    assert seen_metric.is_set(), "no ray_spacevista_reward sample on the metrics endpoint while the job ran"
     assert (tmp_path / "run" / "checkpoints" / "step_3").is_dir()
 
 

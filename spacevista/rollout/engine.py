@@ -14,7 +14,7 @@ from typing import Any, Literal, Protocol, runtime_checkable
 from PIL import Image
 from torch import Tensor
 
-from spacevista.policies.chat import media_token_ids, to_chat_messages  # noqa: F401 - engines' shared helper
+from spacevista.policies.chat import to_chat_messages
 
 FinishReason = Literal["stop", "length"]
 

@@ -16,10 +16,11 @@ from transformers import (GenerationConfig, LogitsProcessor, StoppingCriteria, S
                           TemperatureLogitsWarper,
                           TopPLogitsWarper)
 
+from spacevista.policies.chat import media_token_ids
 from spacevista.policies.experts import ExpertLoRAConfig, attach_experts, load_expert_state_dict
 from spacevista.policies.tiny import load_policy
 from spacevista.rollout.engine import (Completion, GenerationRequest, SamplingParams, check_experts,
-                                       check_update, media_token_ids, stop_string_hit, truncate_response)
+                                       check_update, stop_string_hit, truncate_response)
 from spacevista.rollout.routed_lora import RoutedLoRA
 
 

