@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -27,6 +28,12 @@ KWARGS = dict(optim=OptimConfig(lr=LR, weight_decay=0.1), objective=ObjectiveCon
 
 def _targets(samples) -> list[str]:
     return [format_output("look", s.expert, f"{s.record_id[-1]} m") for s in samples]
+
+
+def _two_responses_each(samples) -> list:
+    """GRPO-shaped: each prompt twice, the second time with a shorter response."""
+    return [x for s in samples for x in (s, replace(s, response_ids=s.response_ids[:-1],
+                                                     old_logprobs=s.old_logprobs[:-1], advantage=-s.advantage))]
 
 
 def _train(learner: LearnerCore, sft_samples, rl_samples) -> dict[str, float]:
@@ -67,7 +74,9 @@ def _spawn(args: tuple, timeout_s: float = 150.0) -> None:
 def test_fsdp_ranks_with_different_experts_match_one_process(tiny_policy_dir, policy_samples, tmp_path):
     # rank 0: two experts, images + videos (2 vision-tower calls per micro-batch); rank 1: one other
     # expert, video + text (1 call). outdoor and drone are absent from RL; SFT: image vs text only.
-    rl = [policy_samples(4, ["tiny_tabletop", "indoor"], seed=10, media=("image", "video"), with_old_logprobs=True),
+    # rank 0's prompts each carry two responses (shared-prompt forwards), rank 1's are all distinct.
+    rl = [_two_responses_each(policy_samples(2, ["tiny_tabletop", "indoor"], seed=10, media=("image", "video"),
+                                             with_old_logprobs=True)),
           policy_samples(4, ["tabletop"], seed=11, media=("video", "text"), with_old_logprobs=True)]
     sft = [policy_samples(2, ["indoor"], seed=12, media=("image",)),
            policy_samples(2, ["drone"], seed=13, media=("text",))]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import torch
 from conftest import assert_adam_weights_close
 from peft import PeftModel
@@ -71,6 +73,23 @@ def test_micro_batches_accumulate_to_the_full_batch_step(tiny_policy_dir, policy
     assert abs(m_small["grad_norm"] - m_full["grad_norm"]) < 1e-5  # Adam hides gradient scale: check it here
     for e in w_full:
         assert_adam_weights_close(w_small[e], w_full[e], OPTIM.lr, tight=1e-3)
+
+
+def test_shared_prompt_step_equals_the_plain_step_router_included(tiny_policy_dir, policy_samples):
+    prompts = policy_samples(4, SCALES[:3], seed=6, with_old_logprobs=True)
+    samples = [replace(s, response_ids=s.response_ids[:k], old_logprobs=s.old_logprobs[:k], advantage=s.advantage * k)
+               for s in prompts for k in (2, 3, 1)]  # three responses per prompt, as GRPO samples them
+    results = []
+    for share in (False, True):
+        learner = _learner(tiny_policy_dir, share_prompts=share, micro_batch_size=6)
+        metrics = learner.rl_step(collate(learner.processor, samples))
+        results.append((metrics, _weights(learner), learner.router.state_dict()))
+    (m_plain, w_plain, r_plain), (m_shared, w_shared, r_shared) = results
+    for key in ("loss", "kl", "grad_norm", "router/loss"):
+        assert abs(m_plain[key] - m_shared[key]) < 1e-5, key
+    for e in w_plain:
+        assert_adam_weights_close(w_shared[e], w_plain[e], OPTIM.lr, tight=1e-3)
+    assert all(torch.allclose(r_plain[k], r_shared[k], atol=1e-6) for k in r_plain)
 
 
 def test_full_parameter_sft_lowers_the_loss(tiny_policy_dir, policy_samples):

@@ -11,7 +11,7 @@ from spacevista.policies.chat import media_token_ids
 from spacevista.policies.batch import collate
 from spacevista.policies.chat import to_chat_messages
 from spacevista.policies.experts import ExpertLoRAConfig, attach_experts, expert_names, set_experts_trainable
-from spacevista.policies.logprobs import forward_logprobs, policy_logprobs, reference_logprobs
+from spacevista.policies.logprobs import forward_logprobs, policy_logprobs, prompt_groups, reference_logprobs
 from spacevista.policies.tiny import load_policy
 from spacevista.scales import SCALES
 
@@ -94,3 +94,46 @@ def test_mixed_batch_gradients_equal_per_expert_gradients(experts_model, policy_
             assert (grad - grouped[name]).norm() <= 1e-4 * grad.norm(), name  # float32 noise only
         else:
             assert grad is None and grouped[name] is None, f"absent expert got a gradient: {name}"
+
+
+def grpo_samples(policy_samples, prompts: int, n: int, seed: int = 3) -> list:
+    """`n` responses of different lengths to each of `prompts` prompts (mixed media and experts)."""
+    rng = torch.Generator().manual_seed(seed)
+    return [replace(s, response_ids=torch.randint(10, 200, (int(torch.randint(2, 9, (1,), generator=rng)),),
+                                                  generator=rng).tolist(), uid=f"p{p}")
+            for p, s in enumerate(policy_samples(prompts, SCALES[:3], seed=seed)) for _ in range(n)]
+
+
+def test_shared_prompts_give_the_same_logprobs_entropy_and_gradients(experts_model, policy_samples):
+    model, processor = experts_model
+    batch = collate(processor, grpo_samples(policy_samples, prompts=5, n=3))
+    mask = batch.batch["response_mask"].bool()
+    results = {}
+    for share in (False, True):
+        logprobs, entropy = policy_logprobs(model, batch, 0.7, with_entropy=True, share_prompts=share)
+        (logprobs * mask).sum().backward()
+        results[share] = (logprobs.detach(), entropy.detach(), _lora_grads(model),
+                          reference_logprobs(model, batch, 0.7, share_prompts=share))
+        model.zero_grad(set_to_none=True)
+    (lp, ent, grads, ref), (lp_s, ent_s, grads_s, ref_s) = results[False], results[True]
+    torch.testing.assert_close(lp_s[mask], lp[mask], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(ent_s[mask], ent[mask], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(ref_s[mask], ref[mask], atol=1e-5, rtol=1e-5)
+    assert grads.keys() == grads_s.keys()
+    for name, grad in grads.items():
+        if grad is None:
+            assert grads_s[name] is None, name
+        else:
+            assert (grad - grads_s[name]).norm() <= 1e-4 * grad.norm() + 1e-6, name
+
+
+def test_prompt_groups_group_by_content_and_expert_not_by_uid(experts_model, policy_samples):
+    _, processor = experts_model
+    same = policy_samples(1, ["indoor"], seed=4)[0]
+    other = policy_samples(2, ["indoor"], seed=5)[1]  # another prompt
+    samples = [same, replace(same, response_ids=[11, 12]), replace(other, uid=same.uid),  # uid alone never groups
+               replace(same, expert="drone", response_ids=[13]), replace(same, uid="another-request")]
+    batch = collate(processor, samples)
+    groups = prompt_groups(batch, [s.expert for s in samples])
+    assert groups.firsts == [0, 2, 3]
+    assert groups.inverse.tolist() == [0, 0, 1, 2, 0]

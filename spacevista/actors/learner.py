@@ -60,6 +60,7 @@ class LearnerWorker:
             self.model_path, cfg.model.experts, lora=cfg.model.lora, objective=cfg.learner.objective,
             optim=dataclasses.replace(cfg.learner.optim, total_steps=cfg.steps), router=cfg.learner.router,
             micro_batch_size=cfg.learner.micro_batch_size, fsdp=cfg.learner.fsdp, device=device,
+            share_prompts=cfg.learner.share_prompts,
             sft_full_params=cfg.learner.sft.full_params, temperature=cfg.rollout.temperature, seed=cfg.seed)
         return self.rank
 

@@ -96,6 +96,7 @@ class LearnerConfig:
     sft: SFTConfig = field(default_factory=SFTConfig)
     micro_batch_size: int = 16
     fsdp: bool = True  # FSDP2 across learner ranks (gloo on CPU, NCCL on GPU)
+    share_prompts: bool = True  # compute each prompt once for its n samples (same result, fewer FLOPs)
 
 
 @dataclass

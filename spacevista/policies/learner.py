@@ -4,8 +4,9 @@ One RL step, top to bottom (`rl_step`):
   1. one all-gather of small per-rank stats: which experts are present, token / sequence /
      labelled counts (global loss normalisation), micro-batch count (must agree across ranks);
   2. per micro-batch: reference log-probs (experts off, no grad; only when kl_coef > 0), policy
-     log-probs with each sample through its own expert (peft mixed batch), verl policy loss + KL,
-     backward (FSDP reduces gradients after the last micro-batch only);
+     log-probs with each sample through its own expert (peft mixed batch; each distinct prompt
+     computed once with `share_prompts`), verl policy loss + KL, backward (FSDP reduces gradients
+     after the last micro-batch only);
   3. router: cross-entropy of the classifier on the prompt features captured in step 2;
   4. AdamW step on the groups present in the GLOBAL batch only (others: grads dropped), LR schedule.
 
@@ -35,7 +36,7 @@ from verl.trainer.ppo.core_algos import agg_loss
 from spacevista.policies import checkpoint
 from spacevista.policies.batch import TrainSample, sft_collate
 from spacevista.policies.experts import ExpertLoRAConfig, attach_experts, base_model_only, expert_parameters
-from spacevista.policies.logprobs import forward_logprobs, policy_logprobs, reference_logprobs
+from spacevista.policies.logprobs import forward_logprobs, policy_logprobs, prompt_groups, reference_logprobs
 from spacevista.policies.objectives import ObjectiveConfig, policy_objective
 from spacevista.policies.optim import OptimConfig, ParamGroup, build_optimizer, build_scheduler, step_present
 from spacevista.policies.router import (RouterConfig, ScaleRouter, capture_prompt_features, feature_dim,
@@ -57,11 +58,12 @@ class LearnerCore:
                  objective: ObjectiveConfig | None = None, optim: OptimConfig | None = None,
                  router: RouterConfig | None = None, micro_batch_size: int = 8, fsdp: bool = False,
                  device: str = "cpu", sft_full_params: bool = False, temperature: float = 1.0,
-                 seed: int = 0) -> None:
+                 seed: int = 0, share_prompts: bool = True) -> None:
         self.experts = list(experts)
         self.objective = objective or ObjectiveConfig()
         self.optim_cfg = optim or OptimConfig()
         self.micro_batch_size = micro_batch_size
+        self.share_prompts = share_prompts
         self.temperature = temperature
         self.sft_full_params = sft_full_params
         self.device = torch.device(device)
@@ -104,8 +106,10 @@ class LearnerCore:
         stats = self._global_stats(batch)
 
         def loss_fn(mb: DataProto) -> tuple[torch.Tensor, dict[str, float]]:
-            ref = reference_logprobs(self.model, mb, temperature) if cfg.kl_coef > 0 else None
-            logprobs, entropy = policy_logprobs(self.model, mb, temperature, with_entropy=cfg.entropy_coeff != 0)
+            share = self.share_prompts
+            ref = reference_logprobs(self.model, mb, temperature, share_prompts=share) if cfg.kl_coef > 0 else None
+            logprobs, entropy = policy_logprobs(self.model, mb, temperature, with_entropy=cfg.entropy_coeff != 0,
+                                                share_prompts=share)
             old = mb.batch["old_log_probs"].to(self.device) if "old_log_probs" in mb.batch.keys() else logprobs.detach()
             return policy_objective(logprobs, old, ref, mb.batch["advantages"].to(self.device),
                                     mb.batch["response_mask"].to(self.device), cfg, entropy, stats["batch_info"])
@@ -184,9 +188,7 @@ class LearnerCore:
             for k, v in {"loss": loss.item(), **metrics}.items():
                 sums[k] += v if k in ADDITIVE_METRICS else v * weight
             if train_router:
-                prompt_len = mb.batch["input_ids"].shape[1] - mb.batch["responses"].shape[1]
-                features.append(pool_prompt_features(capture.embeds, mb.batch["input_ids"],
-                                                     mb.batch["attention_mask"], self._vision_ids, prompt_len))
+                features.append(self._prompt_features(mb, capture.embeds))
         if train_router:
             sums.update(self._router_backward(torch.cat(features), list(batch.non_tensor_batch["scale_label"]),
                                               stats["labelled"]))
@@ -200,6 +202,19 @@ class LearnerCore:
         out.update(step=self.step, experts_stepped=sum(p.startswith("expert/") for p in present),
                    tokens=stats["batch_info"]["batch_num_tokens"], step_time_s=time.perf_counter() - start)
         return out
+
+    def _prompt_features(self, mb: DataProto, embeds: torch.Tensor) -> torch.Tensor:
+        """Router features [B, 2H] of the captured prompt embeddings: one row per sample, or per
+        distinct prompt when prompts were shared (then repeated for their samples)."""
+        prompt_len = mb.batch["input_ids"].shape[1] - mb.batch["responses"].shape[1]
+        rows = slice(None)
+        inverse = None
+        if embeds.shape[0] != len(mb):
+            groups = prompt_groups(mb, list(mb.non_tensor_batch["expert"]))
+            rows, inverse = groups.firsts, groups.inverse.to(embeds.device)
+        pooled = pool_prompt_features(embeds, mb.batch["input_ids"][rows], mb.batch["attention_mask"][rows],
+                                      self._vision_ids, prompt_len)
+        return pooled if inverse is None else pooled[inverse]
 
     def _router_backward(self, features: torch.Tensor, labels: list, n_labelled: int) -> dict[str, float]:
         """Router CE (its share of the global mean) backward + gradient all-reduce; local accuracy."""

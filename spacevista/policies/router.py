@@ -46,13 +46,16 @@ def _language_model(model: nn.Module) -> nn.Module:
 
 
 class FeatureCapture:
-    """Holds the language model's input embeddings of the last forward(s) while active."""
+    """Holds the language model's input embeddings of the last prompt forward while active (a
+    forward that continues from a key/value cache sees responses only, not the prompt)."""
 
     def __init__(self) -> None:
         self.embeds: torch.Tensor | None = None
 
     def hook(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
-        self.embeds = kwargs["inputs_embeds"].detach()
+        cache = kwargs.get("past_key_values")
+        if cache is None or cache.get_seq_length() == 0:
+            self.embeds = kwargs["inputs_embeds"].detach()
 
 
 @contextmanager
