@@ -96,17 +96,18 @@ def test_mixed_batch_gradients_equal_per_expert_gradients(experts_model, policy_
             assert grad is None and grouped[name] is None, f"absent expert got a gradient: {name}"
 
 
-def grpo_samples(policy_samples, prompts: int, n: int, seed: int = 3) -> list:
+def grpo_samples(policy_samples, prompts: int, n: int, seed: int = 3, media=("image", "video", "text")) -> list:
     """`n` responses of different lengths to each of `prompts` prompts (mixed media and experts)."""
     rng = torch.Generator().manual_seed(seed)
     return [replace(s, response_ids=torch.randint(10, 200, (int(torch.randint(2, 9, (1,), generator=rng)),),
                                                   generator=rng).tolist(), uid=f"p{p}")
-            for p, s in enumerate(policy_samples(prompts, SCALES[:3], seed=seed)) for _ in range(n)]
+            for p, s in enumerate(policy_samples(prompts, SCALES[:3], seed=seed, media=media)) for _ in range(n)]
 
 
-def test_shared_prompts_give_the_same_logprobs_entropy_and_gradients(experts_model, policy_samples):
+@pytest.mark.parametrize("media", [("image", "video", "text"), ("text",)])
+def test_shared_prompts_give_the_same_logprobs_entropy_and_gradients(experts_model, policy_samples, media):
     model, processor = experts_model
-    batch = collate(processor, grpo_samples(policy_samples, prompts=5, n=3))
+    batch = collate(processor, grpo_samples(policy_samples, prompts=5, n=3, media=media))
     mask = batch.batch["response_mask"].bool()
     results = {}
     for share in (False, True):

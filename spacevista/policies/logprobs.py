@@ -83,30 +83,34 @@ def _same_media(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
     return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
-def _shared_prompt_logits(model: torch.nn.Module, batch: DataProto, inputs: dict[str, torch.Tensor],
+ROPE_KEYS = ("image_grid_thw", "video_grid_thw", "second_per_grid_ts")  # what Qwen-VL's 3D positions read
+
+
+def _shared_prompt_logits(model: torch.nn.Module, batch: DataProto, device: torch.device,
                           experts: Sequence[str] | None) -> torch.Tensor:
     """Logits predicting each response token [B, R, V], each distinct prompt computed once."""
     groups = prompt_groups(batch, experts)
-    prompt_len = inputs["input_ids"].shape[1] - batch.batch["responses"].shape[1]
+    firsts, inverse = groups.firsts, groups.inverse.to(device)
+    tokens = {k: batch.batch[k].to(device) for k in MODEL_INPUT_KEYS if k in batch.batch.keys()}
+    media = list(batch.non_tensor_batch["multi_modal_inputs"]) if "multi_modal_inputs" in batch.non_tensor_batch else []
+    grids = {k: v.to(device) for k, v in
+             extract_multi_modal_inputs([{k: v for k, v in m.items() if k in ROPE_KEYS} for m in media]).items()}
+    prompt_len = tokens["input_ids"].shape[1] - batch.batch["responses"].shape[1]
     hf = model.get_base_model() if isinstance(model, PeftModel) else model
-    # Qwen-VL's 3D rope positions of the full sequences, as a single forward would compute them
-    positions, _ = hf.model.get_rope_index(
-        inputs["input_ids"], image_grid_thw=inputs.get("image_grid_thw"), video_grid_thw=inputs.get("video_grid_thw"),
-        attention_mask=inputs["attention_mask"], second_per_grid_ts=inputs.get("second_per_grid_ts"),
-        mm_token_type_ids=inputs.get("mm_token_type_ids"))
-    firsts, inverse = groups.firsts, groups.inverse.to(positions.device)
-    prompt_inputs = {k: inputs[k][firsts, :prompt_len] for k in MODEL_INPUT_KEYS if k in inputs}
-    if "multi_modal_inputs" in batch.non_tensor_batch:
-        media = batch.non_tensor_batch["multi_modal_inputs"]
-        prompt_inputs.update({k: v.to(positions.device) for k, v in
-                              extract_multi_modal_inputs([media[i] for i in firsts]).items()})
+    # Qwen-VL's 3D rope positions of the full sequences, as a single forward computes them
+    positions, _ = hf.model.get_rope_index(tokens["input_ids"], attention_mask=tokens["attention_mask"],
+                                           mm_token_type_ids=tokens.get("mm_token_type_ids"), **grids)
+
+    prompt_inputs = {k: v[firsts, :prompt_len] for k, v in tokens.items()}
+    prompt_inputs.update({k: v.to(device) for k, v in extract_multi_modal_inputs([media[i] for i in firsts]).items()}
+                         if media else {})
     names = {} if experts is None else {"adapter_names": [experts[i] for i in firsts]}
     prompt_out = model(**prompt_inputs, position_ids=positions[:, firsts, :prompt_len], use_cache=True,
                        logits_to_keep=1, **names)
     cache = prompt_out.past_key_values
     cache.reorder_cache(inverse)  # each sample gets its prompt's keys/values (index_select: differentiable)
     names = {} if experts is None else {"adapter_names": list(experts)}
-    response_out = model(input_ids=inputs["input_ids"][:, prompt_len:], attention_mask=inputs["attention_mask"],
+    response_out = model(input_ids=tokens["input_ids"][:, prompt_len:], attention_mask=tokens["attention_mask"],
                          position_ids=positions[:, :, prompt_len:], past_key_values=cache, use_cache=True, **names)
     return torch.cat([prompt_out.logits[:, -1:][inverse], response_out.logits[:, :-1]], dim=1)
 
@@ -121,13 +125,13 @@ def forward_logprobs(model: torch.nn.Module, batch: DataProto, temperature: floa
     """
     responses = batch.batch["responses"]
     device = _device(model)
-    inputs = model_inputs(batch, device)
     if share_prompts:
-        logits = _shared_prompt_logits(model, batch, inputs, experts)
+        logits = _shared_prompt_logits(model, batch, device, experts)
     else:
         extra = {} if experts is None else {"adapter_names": list(experts)}
         # logits_to_keep = R + 1: the logits at the last prompt token and the response tokens only
-        logits = model(**inputs, use_cache=False, logits_to_keep=responses.shape[1] + 1, **extra).logits[:, :-1]
+        logits = model(**model_inputs(batch, device), use_cache=False, logits_to_keep=responses.shape[1] + 1,
+                       **extra).logits[:, :-1]
     logits = logits.float() / temperature
     logits[..., media_token_ids(model.config)] = MASKED_LOGIT  # never sampled by rollout (see media_token_ids)
     logprobs = logprobs_from_logits(logits, responses.to(device))
