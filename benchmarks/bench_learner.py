@@ -4,6 +4,8 @@
 
 Mixed: one forward/backward with peft `adapter_names=` (what `policies/logprobs.py` does).
 Grouped: one forward/backward per expert through peft's single-adapter path (`set_adapter`).
+Shared prompts: the same batch made of batch/group prompts with `group` responses each (GRPO's shape),
+forward+backward with `share_prompts=False` vs `True` (each distinct prompt computed once).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -45,6 +48,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--tokens", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--group", type=int, default=4, help="responses per prompt in the shared-prompt timing")
     args = parser.parse_args()
     torch.set_num_threads(1)
     path = build_tiny_policy(Path(tempfile.gettempdir()) / "spacevista-bench", policy_corpus())
@@ -69,6 +73,19 @@ def main() -> None:
             set_experts_trainable(model, expert_names(model))
             model.zero_grad(set_to_none=True)
 
+        prompts = make_policy_samples(args.batch // args.group, SCALES, media=media, with_old_logprobs=False)
+        grpo = collate(learner.processor, [replace(s, response_ids=[rng.randrange(10, 200) for _ in range(args.tokens)])
+                                           for s in prompts for _ in range(args.group)])
+
+        def shared_vs_plain(share: bool) -> Callable[[], None]:
+            def run() -> None:
+                policy_logprobs(model, grpo, share_prompts=share)[0].sum().backward()
+                model.zero_grad(set_to_none=True)
+            return run
+
+        t_plain, t_shared = best_of(shared_vs_plain(False), args.repeats), best_of(shared_vs_plain(True), args.repeats)
+        print(f"{'+'.join(media):16s} {args.batch // args.group} prompts x {args.group} responses, fwd+bwd: "
+              f"plain {t_plain * 1e3:.0f} ms, shared prompts {t_shared * 1e3:.0f} ms ({t_plain / t_shared:.2f}x)")
         t_mixed, t_grouped = best_of(mixed, args.repeats), best_of(grouped, args.repeats)
         t_step = best_of(lambda: learner.rl_step(batch), args.repeats)
         print(f"{'+'.join(media):16s} batch {args.batch} x {args.tokens} tokens, {len(set(experts))} experts: "
