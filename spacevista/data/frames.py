@@ -2,6 +2,8 @@
 
 Relative frame paths resolve against a dataset root (``root``); absolute paths are used as they are.
 Every failure raises ``FrameError`` naming the record id, which video (if any) and the frame index.
+The record's visual prompts (``meta["visual_prompts"]``, see ``visual_prompts``) are drawn on the frames
+of its first video, or of its images when it has no video.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from pathlib import Path
 from PIL import Image, UnidentifiedImageError
 
 from spacevista.data.schema import Frame, Record
+from spacevista.data.visual_prompts import VisualPrompt, VisualPromptError, draw_visual_prompts
 
 
 class FrameError(Exception):
@@ -45,17 +48,31 @@ def resolve_path(path: str, root: str | os.PathLike | None) -> Path:
 
 
 def load_video(record: Record, video: int = 0, root: str | os.PathLike | None = None) -> list[Image.Image]:
-    """All frames of ``record.videos[video]`` as RGB images."""
+    """All frames of ``record.videos[video]`` as RGB images (video 0 with the visual prompts drawn)."""
     if not 0 <= video < len(record.videos):
         raise FrameError(f"record {record.id!r}: no video {video} (it has {len(record.videos)})")
-    return [decode_frame(frame, root, where=f"record {record.id!r}, video {video}, frame {i}")
-            for i, frame in enumerate(record.videos[video])]
+    frames = [decode_frame(frame, root, where=f"record {record.id!r}, video {video}, frame {i}")
+              for i, frame in enumerate(record.videos[video])]
+    return _with_visual_prompts(record, frames, root, f"record {record.id!r}, video {video}") if video == 0 else frames
 
 
 def load_images(record: Record, root: str | os.PathLike | None = None) -> list[Image.Image]:
-    """All of ``record.images`` as RGB images."""
-    return [decode_frame(frame, root, where=f"record {record.id!r}, image {i}")
-            for i, frame in enumerate(record.images)]
+    """All of ``record.images`` as RGB images (with the visual prompts drawn if the record has no video)."""
+    images = [decode_frame(frame, root, where=f"record {record.id!r}, image {i}")
+              for i, frame in enumerate(record.images)]
+    return images if record.videos else _with_visual_prompts(record, images, root, f"record {record.id!r}, images")
+
+
+def _with_visual_prompts(record: Record, frames: list[Image.Image], root: str | os.PathLike | None,
+                         where: str) -> list[Image.Image]:
+    """``frames`` with ``record.meta["visual_prompts"]`` drawn (mask paths resolve against ``root``)."""
+    stored = record.meta.get("visual_prompts")
+    if not stored:
+        return frames
+    try:
+        return draw_visual_prompts(frames, [VisualPrompt.from_dict(p) for p in stored], mask_root=root)
+    except VisualPromptError as err:
+        raise FrameError(f"{where}: visual prompts: {err}") from None
 
 
 def encode_frame(image: Image.Image, format: str = "PNG") -> Frame:
