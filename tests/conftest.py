@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from spacevista.scales import LENGTH_UNITS, OUTPUT_INSTRUCTION, SCALES, TASK_SPECS, format_output
+from spacevista.scales import LENGTH_UNITS, OUTPUT_INSTRUCTION, SCALES, format_output
+from spacevista.scales import SYNTHETIC_TASK_SPECS as TASK_SPECS
 
 
 # ---- policies: the tiny Qwen2.5-VL and learner samples ------------------------------------------

@@ -13,7 +13,8 @@ from spacevista.policies.chat import media_token_ids
 from spacevista.policies.experts import ExpertLoRAConfig, attach_experts, expert_state_dict
 from spacevista.policies.tiny import load_policy
 from spacevista.rollout.engine import GenerationRequest
-from spacevista.scales import OUTPUT_INSTRUCTION, SCALES, TASK_SPECS
+from spacevista.scales import OUTPUT_INSTRUCTION, SCALES
+from spacevista.scales import SYNTHETIC_TASK_SPECS as TASK_SPECS
 
 EXPERTS = list(SCALES)
 LORA = ExpertLoRAConfig(rank=8, alpha=16)

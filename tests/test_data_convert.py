@@ -6,17 +6,23 @@ from pathlib import Path
 import pytest
 
 from spacevista import scales
-from spacevista.data.convert import TooManyRejects, convert_dataset, convert_item, parse_quantity
+from spacevista.data.convert import (
+    ConvertOptions,
+    TooManyRejects,
+    convert_dataset,
+    convert_item,
+)
 from spacevista.data.io import read_records
 
 FIXTURES = Path(__file__).parent / "fixtures" / "spacevista1m"
 INPUTS = [FIXTURES / "records.json", FIXTURES / "records.jsonl"]
 MEDIA = FIXTURES / "media"
+OURS = ConvertOptions(media_root=MEDIA, output_format=scales.OutputFormat.THINK_SCALE_ANSWER)
 
 
 @pytest.fixture()
 def converted(tmp_path):
-    report = convert_dataset(INPUTS, tmp_path, media_root=MEDIA, max_reject_fraction=1.0)
+    report = convert_dataset(INPUTS, tmp_path, OURS, max_reject_fraction=1.0)
     return report, {r.id: r for r in read_records(tmp_path)}, tmp_path
 
 
@@ -28,13 +34,13 @@ def test_good_records_are_converted_across_scales(converted):
 
 
 @pytest.mark.parametrize(("record_id", "scale", "task", "answer"), [
-    ("tv-0001", "tabletop", "object_size", ("numeric", "12", "cm", [])),
+    ("tv-0001", "tabletop", "width", ("numeric", "12", "cm", [])),
     ("tv-0002", "indoor", "object_distance", ("numeric", "3.2", "m", [])),
-    ("tv-0003", "tiny_tabletop", "larger", ("choice", "B", None, ["A. the screw", "B. the coin"])),
+    ("tv-0003", "tiny_tabletop", "comparison_width", ("choice", "B", None, ["A. the screw", "B. the coin"])),
     ("tv-0004", "drone", "area", ("numeric", "1200", "m2", [])),
-    ("tv-0005", "outdoor", "count", ("count", "3", None, [])),
-    ("tv-0006", "tabletop", "object_size", ("numeric", "15", "cm", [])),
-    ("tv-0007", "indoor", "relative_direction", ("choice", "B", None, ["A. left", "B. right"])),
+    ("tv-0005", "outdoor", "counting", ("count", "3", None, [])),
+    ("tv-0006", "tabletop", "height", ("numeric", "15", "cm", [])),
+    ("tv-0007", "indoor", "spatial_relation", ("choice", "B", None, ["A. left", "B. right"])),
 ])
 def test_each_good_record_maps_scale_task_and_answer(converted, record_id, scale, task, answer):
     record = converted[1][record_id]
@@ -76,7 +82,7 @@ def test_rejects_report_names_each_bad_record_with_its_reason(converted):
 
 def test_too_many_rejects_fails_after_writing_the_rejects_file_and_publishes_no_shards(tmp_path):
     with pytest.raises(TooManyRejects, match=r"10 of 17 records rejected \(58.8% > max 5.0%\)"):
-        convert_dataset(INPUTS, tmp_path, media_root=MEDIA)
+        convert_dataset(INPUTS, tmp_path, OURS)
     assert len((tmp_path / "rejects.jsonl").read_text().splitlines()) == 10
     assert not list(tmp_path.rglob("*.parquet"))
 
@@ -89,11 +95,3 @@ def test_bare_numeric_answer_takes_its_unit_from_the_question_else_the_scale():
     item["messages"][0]["content"] = "How long is the rope?"
     record = convert_item(item, 0)
     assert (record.answer.value, record.answer.unit, record.meta["unit_assumed"]) == ("7", "m", True)
-
-
-@pytest.mark.parametrize(("text", "expected"), [
-    ("3.5 m", (3.5, "m")), ("350cm", (350.0, "cm")), ("about 2.5 meters.", (2.5, "m")),
-    ("12 square meters", (12.0, "m2")), ("1,200 m^2", (1200.0, "m2")), ("9 cm²", (9.0, "cm2")), ("4", (4.0, None)),
-])
-def test_parse_quantity_reads_number_and_unit(text, expected):
-    assert parse_quantity(text) == expected

@@ -36,7 +36,7 @@ from spacevista.data.schema import Record
 from spacevista.policies.batch import TrainSample
 from spacevista.policies.objectives import compute_advantages
 from spacevista.rewards.stepwise import RewardBreakdown, aggregate_breakdowns
-from spacevista.scales import SCALES, AnswerType, format_output
+from spacevista.scales import SCALES, AnswerType
 from spacevista.rollout.engine import Completion, GenerationRequest, SamplingParams
 from spacevista.tracking import Tracker, compare_table, console, plot_reward_curves, read_history, reward_table
 
@@ -105,7 +105,7 @@ def train_samples(requests: list[GenerationRequest], records: list[Record], comp
 
 def sft_targets(records: list[Record]) -> list[str]:
     """The reference completion in the output format (synthetic records carry one with a reasoning line)."""
-    return [r.meta.get("reference") or format_output("", r.scale, r.answer.text()) for r in records]
+    return [r.reference_completion() for r in records]
 
 
 # ---- the loop ----------------------------------------------------------------------------------

@@ -11,7 +11,13 @@ from rich.console import Console
 from rich.table import Table
 
 from spacevista import scales
-from spacevista.data.convert import TooManyRejects, convert_dataset
+from spacevista.data.convert import (
+    DATA_SOURCE,
+    DEFAULT_NUM_FRAMES,
+    ConvertOptions,
+    TooManyRejects,
+    convert_dataset,
+)
 from spacevista.data.synth import synthesize
 
 
@@ -31,12 +37,27 @@ def add_subparser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentPa
     synth.add_argument("--shard-size", type=int, default=1000, help="records per parquet shard")
     synth.add_argument("--overwrite", action="store_true", help="replace existing shards in --out")
 
-    conv = commands.add_parser("convert", help="convert SpaceVista-1M JSON/JSONL to parquet, reporting rejects")
+    conv = commands.add_parser("convert", help="convert SpaceVista-1M / SpaceVista-Bench JSON or JSONL (every "
+                                               "documented shape) to parquet, reporting rejects")
     conv.add_argument("inputs", nargs="+", type=Path, help="JSON (list) or JSONL files")
     conv.add_argument("--out", required=True, type=Path, help="output directory for part-*.parquet")
-    conv.add_argument("--media-root", type=Path, default=None, help="directory relative frame paths resolve against")
+    conv.add_argument("--media-root", type=Path, default=None,
+                      help="directory relative frame paths resolve against (default: each file's folder)")
+    where = conv.add_mutually_exclusive_group()
+    where.add_argument("--scale", choices=scales.SCALES, help="the scale of items that name none (e.g. the preview)")
+    where.add_argument("--group", choices=[g for s in scales.SCALE_SPECS for g in s.groups],
+                       help="the SpaceVista-1M data group of items that name none")
+    conv.add_argument("--output-format", choices=[f.value for f in scales.OutputFormat],
+                      default=scales.OutputFormat.THINK_ANSWER.value,
+                      help="what completions must look like (default think_answer: SpaceVista's own, <scale> optional)")
+    conv.add_argument("--count-metric", choices=("mra", "exact"), default="mra",
+                      help="score counts by MRA (the bench's rule, default) or exactly")
+    conv.add_argument("--num-frames", type=int, default=DEFAULT_NUM_FRAMES,
+                      help=f"frames kept per video, sampled uniformly (default {DEFAULT_NUM_FRAMES}; 0 keeps all)")
+    conv.add_argument("--data-source", default=DATA_SOURCE, help=f"data_source column (default {DATA_SOURCE})")
     conv.add_argument("--max-reject-fraction", type=float, default=0.05,
                       help="fail when more than this fraction is rejected (default 0.05)")
+    conv.add_argument("--strict", action="store_true", help="fail on any rejected record")
     conv.add_argument("--shard-size", type=int, default=10_000, help="records per parquet shard")
     conv.add_argument("--rejects", type=Path, default=None, help="rejects JSONL (default OUT/rejects.jsonl)")
     conv.add_argument("--no-check-frames", action="store_true", help="do not check that frame files exist")
@@ -75,14 +96,23 @@ def run_synth(args: argparse.Namespace, console: Console) -> int:
 
 def run_convert(args: argparse.Namespace, console: Console) -> int:
     try:
-        report = convert_dataset(args.inputs, args.out, media_root=args.media_root,
-                         max_reject_fraction=args.max_reject_fraction, shard_size=args.shard_size,
-                         rejects_path=args.rejects, check_frames=not args.no_check_frames, split=args.split,
-                         instruction=not args.no_instruction, overwrite=args.overwrite)
+        missing = [str(p) for p in args.inputs if not p.is_file()]
+        if missing:
+            console.print(f"[bold red]error:[/] no such file: {', '.join(missing)}")
+            return 2
+        options = ConvertOptions(media_root=args.media_root, check_frames=not args.no_check_frames,
+                                 data_source=args.data_source, split=args.split, instruction=not args.no_instruction,
+                                 default_scale=args.scale or scales.canonical_scale(args.group),
+                                 output_format=scales.OutputFormat(args.output_format),
+                                 count_metric=args.count_metric, num_frames=args.num_frames)
+        report = convert_dataset(args.inputs, args.out, options, shard_size=args.shard_size, rejects_path=args.rejects,
+                                 max_reject_fraction=0.0 if args.strict else args.max_reject_fraction,
+                                 overwrite=args.overwrite)
     except TooManyRejects as err:
         console.print(f"[bold red]conversion failed:[/] {err}")
         return 1
     console.print(_counts_table("converted records", {"records": report.scales}, scales.SCALES))
+    console.print(_counts_table("data groups", {"records": report.groups}, sorted(report.groups)))
     console.print(_counts_table("tasks", {"records": report.tasks}, sorted(report.tasks)))
     if report.rejected:
         console.print(_counts_table("rejected records", {"records": report.rejected}, sorted(report.rejected)))

@@ -1,27 +1,28 @@
-"""SpaceVista-1M (shareGPT-like JSON / JSONL) -> parquet Records, reporting every record it cannot map.
+"""SpaceVista-1M and SpaceVista-Bench (JSON / JSONL, every documented shape) -> parquet Records,
+reporting every record it cannot map.
 
-Accepted item layout (the SpaceVista/Data-Preview card, and the variants seen in the wild):
+Shapes and keys: `data.sources` (bench entries, full-set items, preview ``meta.json`` items, their
+``flatten.py`` form, plain shareGPT items). Per item:
 
-- ``messages`` [{"role": "user"|"assistant"|"system", "content": str}] or ``conversations``
-  [{"from": "human"|"gpt"|"system", "value": str}]. The prompt is every message before the final
-  assistant message; that message (``<answer>`` tag contents if tagged) is the fallback answer.
-- media: ``videos`` (list of frame-path lists; a flat list of paths is one video), ``video`` (one
-  video), ``images`` (paths). Relative paths resolve against ``media_root`` and are stored absolute;
-  every frame file must exist. Placeholders (``<video>``/``<image>``) are prepended to the first
-  user message when the source has none.
-- ``extra_info`` (dict or JSON string; top-level keys are looked up as a fallback): scale from
-  ``scale``/``category``/..., mapped by ``scales.canonical_scale``; task from ``task``/
-  ``question_type``/``original_type``/``task_type`` via ``TASK_ALIASES``; answer from
-  ``ground_truth``/``answer``/``solution``; ``unit``; ``choices``/``options``; id from
-  ``id``/``problem_id``.
-- the prompt gets a system message with ``scales.OUTPUT_INSTRUCTION`` (appended to the source's own
-  system message if it has one), as synthetic records do; ``instruction=False`` keeps the source's.
-- numeric answers: "3.5 m", "350cm", "12 square meters", or a bare number whose unit comes from
-  ``unit``, else from the question ("in meters"), else the scale's default unit (``meta.unit_assumed``).
+- scale: from the item's own keys (a scale name, the bench's category or scale symbol "mm"/"cm"/
+  "m"/"<km", or a data group: Tiny Tabletop, Tabletop, Indoor, Wild Indoor, Outdoor, Drone), else
+  ``default_scale`` (`--scale`/`--group`: for files that name none, like the preview).
+- task: the official type names (``scales.TASK_BY_OFFICIAL``: all 19) or ``TASK_ALIASES``.
+- frames: each video is sampled to ``num_frames`` uniformly (``np.linspace(0, n-1, k)``, as the
+  bench's evaluation does; 0 keeps all); relative paths resolve against ``media_root`` (default: the
+  source file's folder) and are stored absolute; every kept frame must exist.
+- visual prompts (points, boxes, dual boxes, masks): parsed by ``data.visual_prompts``, moved to the
+  nearest kept frame and stored in ``meta["visual_prompts"]``; drawn whenever the frames are decoded.
+- answer: ``data.answers`` (the rewards' parsers); ``output_format`` (default SpaceVista's
+  think/answer, the <scale> tag optional) and ``count_metric`` (default "mra", as the bench scores
+  counts) go to ``meta`` and from there into the ground truth.
+- prompt: the source's messages (a bench entry: its question with the bench's answer-format
+  sentence); a system message with the format's instruction is added when the user text does not
+  already ask for <answer> tags (``instruction=False``: never).
 
 A record that cannot be mapped goes to the rejects JSONL as {index, id, reason, detail, source}, reason
 one of ``REJECT_REASONS``. Shards are staged and published only when the reject fraction is at most
-``max_reject_fraction``; otherwise ``TooManyRejects`` is raised after the rejects file is written.
+``max_reject_fraction`` (0: strict); otherwise ``TooManyRejects`` is raised after the rejects file is written.
 """
 
 from __future__ import annotations
@@ -32,66 +33,62 @@ import re
 import shutil
 from collections import Counter
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from spacevista import scales
+from spacevista.data.answers import AnswerError, typed_answer
 from spacevista.data.frames import resolve_path
 from spacevista.data.io import write_records
-from spacevista.data.schema import IMAGE_PLACEHOLDER, VIDEO_PLACEHOLDER, Answer, Frame, Record, RecordError
+from spacevista.data.schema import (
+    IMAGE_PLACEHOLDER,
+    VIDEO_PLACEHOLDER,
+    Frame,
+    Record,
+    RecordError,
+)
+from spacevista.data.sources import (
+    ANSWER_KEYS,
+    CHOICE_KEYS,
+    ID_KEYS,
+    SCALE_KEYS,
+    TASK_KEYS,
+    SourceError,
+    SourceItem,
+    maybe_json,
+    read_item,
+)
+from spacevista.data.visual_prompts import (
+    VisualPromptError,
+    parse_visual_prompts,
+    remap_to_sampled,
+)
 
 DATA_SOURCE = "spacevista_1m"
+DEFAULT_NUM_FRAMES = 16  # SpaceVista-Bench's evaluation sends 16 frames a question
 REJECT_REASONS: tuple[str, ...] = ("malformed_json", "malformed_messages", "missing_answer", "unknown_scale",
                                    "unknown_task", "missing_frame", "non_numeric_answer", "bad_unit", "bad_choice",
-                                   "invalid_record")
+                                   "bad_visual_prompt", "invalid_record")
 
-SCALE_KEYS = ("scale", "category", "scene_scale", "scale_type", "scene_type")
-TASK_KEYS = ("task", "question_type", "original_type", "task_type", "TaskType")
-ANSWER_KEYS = ("ground_truth", "answer", "solution", "gt_answer", "gt")
-ID_KEYS = ("id", "problem_id", "question_id", "uid")
-CHOICE_KEYS = ("choices", "options", "candidates")
-
-# Task spellings of SpaceVista-Bench, VSI-Bench and friends (normalised: lower case, letters only).
+_norm = re.compile(r"[^a-z]")
+# Other benchmarks' spellings (VSI-Bench and friends), normalised: lower case, letters only.
 TASK_ALIASES: dict[str, str] = {
-    **{re.sub(r"[^a-z]", "", t): t for t in scales.TASKS},
-    **dict.fromkeys(("width", "height", "length", "size", "objectsizeestimation", "objectsizes"), "object_size"),
-    **dict.fromkeys(("objectabsdistance", "absdistance", "distance", "depth", "depthall",
-                     "objectrelativedistance"), "object_distance"),
-    **dict.fromkeys(("roomsize", "roomsizeestimation", "roomarea"), "area"),
-    **dict.fromkeys(("counting", "objectcounting", "objectcount"), "count"),
-    **dict.fromkeys(("comparisonheight", "comparisonwidth", "comparisonsize", "comparisonlength"), "larger"),
-    **dict.fromkeys(("spatialrelation", "positionacrossframe", "objectreldirection", "objectreldirectioneasy",
-                     "objectreldirectionmedium", "objectreldirectionhard"), "relative_direction"),
+    **{_norm.sub("", t): t for t in scales.TASKS},
+    **{_norm.sub("", official.lower()): task for official, task in scales.TASK_BY_OFFICIAL.items()},
+    **dict.fromkeys(("length", "size", "objectsizeestimation", "objectsizes"), "object_size"),
+    **dict.fromkeys(("objectabsdistance", "absdistance", "distance"), "object_distance"),
+    **dict.fromkeys(("roomsizeestimation", "roomarea"), "room_size"),
+    **dict.fromkeys(("objectcount",), "count"),
+    **dict.fromkeys(("comparisonsize", "comparisonlength"), "larger"),
+    **dict.fromkeys(("objectreldirection", "objectreldirectioneasy", "objectreldirectionmedium",
+                     "objectreldirectionhard"), "relative_direction"),
     **dict.fromkeys(("objectreldistance", "comparisondistance"), "closer"),
     **dict.fromkeys(("cameramovingdistance", "cameradistance", "cameratranslation"), "camera_displacement"),
 }
 CHOICE_ANSWER_TYPES = frozenset({"mc", "mca", "choice", "multiplechoice", "multichoice", "option"})
-_NUMBER_WORDS = {w: i for i, w in enumerate(
-    "zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen sixteen "
-    "seventeen eighteen nineteen twenty".split())}
-_UNIT_WORDS: dict[str, str] = {
-    **dict.fromkeys(("mm", "millimeter", "millimeters", "millimetre", "millimetres"), "mm"),
-    **dict.fromkeys(("cm", "centimeter", "centimeters", "centimetre", "centimetres"), "cm"),
-    **dict.fromkeys(("dm", "decimeter", "decimeters", "decimetre", "decimetres"), "dm"),
-    **dict.fromkeys(("m", "meter", "meters", "metre", "metres"), "m"),
-    **dict.fromkeys(("km", "kilometer", "kilometers", "kilometre", "kilometres"), "km"),
-    **dict.fromkeys(("in", "inch", "inches", '"'), "in"),
-    **dict.fromkeys(("ft", "foot", "feet", "'"), "ft"),
-    **dict.fromkeys(("yd", "yard", "yards"), "yd"),
-    **dict.fromkeys(("mi", "mile", "miles"), "mi"),
-    **dict.fromkeys(("ha", "hectare", "hectares"), "ha"),
-    **{unit: unit for unit in scales.AREA_UNITS},
-}
-_NUMBER_RE = re.compile(r"[-+]?(?:\d+(?:,\d{3})*(?:\.\d*)?|\.\d+)(?:[eE][-+]?\d+)?")
-_UNIT_RE = re.compile(r"\s*(square\s+|sq\.?\s*)?([a-z]+\d?|\"|')(\s*\^\s*2|²|\s+squared)?(?![a-z])")
-_QUESTION_UNIT_RE = re.compile(r"\bin\s+(?:units\s+of\s+)?((?:square\s+|sq\.?\s*)?[a-z]+(?:\s*\^\s*2|²)?)")
-_LETTERS = f"[{scales.CHOICE_LETTERS}]"
-_LETTER_RE = re.compile(rf"^\(?({_LETTERS})\)?(?:[.):,\s]|$)")
-_OPTION_RE = re.compile(rf"(?:^|\s)\(?({_LETTERS})[.)]\s+(.+?)(?=\s+\(?{_LETTERS}[.)]\s|$)", re.MULTILINE)
-_ROLE_ALIASES = {"user": "user", "human": "user", "assistant": "assistant", "gpt": "assistant", "system": "system"}
 
 
 class Reject(Exception):
@@ -107,6 +104,21 @@ class TooManyRejects(RuntimeError):
     """More records were rejected than the configured maximum fraction allows."""
 
 
+@dataclass(frozen=True)
+class ConvertOptions:
+    """How items become Records (see the module docstring)."""
+
+    media_root: str | os.PathLike | None = None
+    check_frames: bool = True
+    data_source: str = DATA_SOURCE
+    split: str = "train"
+    instruction: bool = True
+    default_scale: str | None = None  # a scale for items that name none (`--scale` / `--group`)
+    output_format: scales.OutputFormat = scales.OutputFormat.THINK_ANSWER
+    count_metric: str = "mra"
+    num_frames: int = DEFAULT_NUM_FRAMES  # 0: keep every frame
+
+
 @dataclass
 class ConversionReport:
     total: int = 0
@@ -114,6 +126,8 @@ class ConversionReport:
     rejected: Counter = field(default_factory=Counter)  # reason -> count
     scales: Counter = field(default_factory=Counter)
     tasks: Counter = field(default_factory=Counter)
+    groups: Counter = field(default_factory=Counter)  # the source's data group / category as written
+    shapes: Counter = field(default_factory=Counter)
     rejects_path: Path | None = None
     shards: list[Path] = field(default_factory=list)
 
@@ -124,37 +138,59 @@ class ConversionReport:
     def to_dict(self) -> dict[str, Any]:
         return {"total": self.total, "converted": self.converted, "rejected": dict(sorted(self.rejected.items())),
                 "reject_fraction": self.reject_fraction, "scales": dict(sorted(self.scales.items())),
-                "tasks": dict(sorted(self.tasks.items())), "rejects_path": str(self.rejects_path),
+                "tasks": dict(sorted(self.tasks.items())), "groups": dict(sorted(self.groups.items())),
+                "shapes": dict(sorted(self.shapes.items())), "rejects_path": str(self.rejects_path),
                 "shards": [str(s) for s in self.shards]}
 
 
 # ---- one item ---------------------------------------------------------------------------------
-def convert_item(item: Any, index: int, *, media_root: str | os.PathLike | None = None, check_frames: bool = True,
-                 data_source: str = DATA_SOURCE, split: str = "train", instruction: bool = True) -> Record:
-    """Map one source item to a Record (raises Reject); ``instruction`` adds the output format to the system message."""
-    if not isinstance(item, dict):
-        raise Reject("malformed_json", f"item is a {type(item).__name__}, not a JSON object")
-    extra = _extra_info(item)
-    found_id = _lookup(item, extra, ID_KEYS)
-    source_id = "" if found_id is None else str(found_id)
-    prompt, reply = _messages(item)
-    scale = _scale(item, extra)
-    task, source_task = _task(item, extra)
-    images, videos = _media(item, media_root, check_frames)
-    prompt = _with_placeholders(prompt, len(images), len(videos))
+def convert_item(item: Any, index: int, options: ConvertOptions = ConvertOptions()) -> Record:
+    """Map one source item to a Record (raises Reject naming the reason)."""
+    try:
+        source = read_item(item)
+        return _convert(source, index, options)
+    except (SourceError, AnswerError) as err:
+        raise Reject(err.reason, err.detail) from None
+    except VisualPromptError as err:
+        raise Reject("bad_visual_prompt", str(err)) from None
+
+
+def _convert(source: SourceItem, index: int, options: ConvertOptions) -> Record:
+    scale, group = _scale(source, options.default_scale)
+    task, source_task = _task(source)
+    sampled = [_sample_indices(len(video), options.num_frames) for video in source.videos]
+    videos = [[_frame(video[i], options) for i in keep] for video, keep in zip(source.videos, sampled)]
+    images = [_frame(path, options) for path in source.images]
+    prompt = _with_placeholders(source.prompt, len(images), len(videos))
     question = "\n".join(m["content"] for m in prompt if m["role"] == "user")
-    answer_text = _answer_text(item, extra, reply)
-    answer, unit_assumed = _answer(task, scale, answer_text, question, item, extra)
-    think = _tag(reply, scales.THINK_TAG) or ""
-    if instruction:
-        prompt = _with_instruction(prompt)
-    meta = {"source_task": source_task, "reference": scales.format_output(think, scale, answer.text()),
-            "source_extra_info": extra}
+    answer_text = _answer_text(source)
+    answer, unit_assumed = typed_answer(task, scale, answer_text, question, unit=source.lookup(("unit",))[1],
+                                        choices=source.lookup(CHOICE_KEYS)[1])
+    _check_answer_type(task, answer.type, source.lookup(("answer_type",))[1])
+    think = _tag(source.reply, scales.THINK_TAG) or ""
+    if options.instruction and "<answer>" not in question.lower():
+        prompt = _with_instruction(prompt, scales.OUTPUT_INSTRUCTIONS[options.output_format])
+    meta: dict[str, Any] = {
+        "source_task": source_task, "source_shape": source.shape, "source_answer": answer_text,
+        "reference": scales.format_output(think, scale, answer.text(), options.output_format),
+        "output_format": options.output_format.value, "count_metric": options.count_metric,
+        "input_type": source.input_type,
+        "question": re.sub(r"<(?:video|image)>\n?", "", question).strip()}
+    if group:
+        meta["group"] = group
     if unit_assumed:
         meta["unit_assumed"] = True
-    record = Record(id=source_id or f"{data_source}-{index:08d}", scale=scale, task=task, prompt=prompt, answer=answer,
-                    data_source=data_source, images=images, videos=videos, split=split, index=index,
-                    source_id=source_id, meta=meta)
+    if source.videos and len(sampled[0]) < len(source.videos[0]):
+        meta["frame_indices"] = sampled[0]
+    prompts = parse_visual_prompts(source.raw, source.videos[0] if source.videos else source.images)
+    if prompts:
+        if source.videos:
+            prompts = remap_to_sampled(prompts, sampled[0])
+        meta["visual_prompts"] = [_resolved_mask(p, options).to_dict() for p in prompts]
+    source_id = source.source_id
+    record = Record(id=source_id or f"{options.data_source}-{index:08d}", scale=scale, task=task, prompt=prompt,
+                    answer=answer, data_source=options.data_source, images=images, videos=videos,
+                    split=options.split, index=index, source_id=source_id, meta=meta)
     try:
         record.validate()
     except RecordError as err:
@@ -162,113 +198,74 @@ def convert_item(item: Any, index: int, *, media_root: str | os.PathLike | None 
     return record
 
 
-def _extra_info(item: dict) -> dict:
-    extra = item.get("extra_info") or {}
-    if isinstance(extra, str):
-        try:
-            extra = json.loads(extra)
-        except json.JSONDecodeError:
-            raise Reject("malformed_json", "extra_info is a string but not JSON") from None
-    if not isinstance(extra, dict):
-        raise Reject("malformed_json", f"extra_info is a {type(extra).__name__}, not an object")
-    return extra
-
-
-def _item_id(item: Any) -> str | None:
-    """The source id of an item, if it has one (for the rejects report)."""
+def item_id(item: Any) -> str | None:
+    """The id of a raw item, for the rejects report (None if it has none)."""
     if not isinstance(item, dict):
         return None
-    extra = item.get("extra_info") if isinstance(item.get("extra_info"), dict) else {}
-    found = _lookup(item, extra, ID_KEYS)
-    return None if found is None else str(found)
-
-
-def _lookup(item: dict, extra: dict, keys: Sequence[str]) -> Any:
-    """The first non-empty value under ``keys``, extra_info first, then the item itself."""
-    for source in (extra, item):
-        for key in keys:
-            if source.get(key) not in (None, "", []):
-                return source[key]
+    for source in (maybe_json(item.get("extra_info")), maybe_json(item.get("metadata")), item):
+        if isinstance(source, dict):
+            found = next((source[k] for k in ID_KEYS if source.get(k) not in (None, "")), None)
+            if found is not None:
+                return str(found)
     return None
 
 
-def _messages(item: dict) -> tuple[list[dict[str, str]], str | None]:
-    """(prompt messages, final assistant reply or None)."""
-    raw = item.get("messages", item.get("conversations"))
-    if not isinstance(raw, list) or not raw:
-        raise Reject("malformed_messages", "no 'messages' or 'conversations' list")
-    messages = []
-    for i, message in enumerate(raw):
-        if not isinstance(message, dict):
-            raise Reject("malformed_messages", f"message {i} is not an object")
-        role = _ROLE_ALIASES.get(str(message.get("role", message.get("from", ""))).lower())
-        content = message.get("content", message.get("value"))
-        if role is None or not isinstance(content, str):
-            raise Reject("malformed_messages", f"message {i} needs a known role and string content")
-        messages.append({"role": role, "content": content})
-    reply = messages.pop()["content"] if messages[-1]["role"] == "assistant" else None
-    if not any(m["role"] == "user" and m["content"].strip() for m in messages):
-        raise Reject("malformed_messages", "no user message before the answer")
-    return messages, reply
-
-
-def _scale(item: dict, extra: dict) -> str:
-    raw = _lookup(item, extra, SCALE_KEYS)
-    scale = scales.canonical_scale(str(raw)) if raw is not None else None
+def _scale(source: SourceItem, default: str | None) -> tuple[str, str | None]:
+    """(scale, the source's group/category as written, if any)."""
+    key, raw = source.lookup(SCALE_KEYS)
+    if raw is None:
+        if default is None:
+            raise Reject("unknown_scale", f"no scale in any of {list(SCALE_KEYS)}: pass --scale or --group "
+                                          f"for a file that names none")
+        return default, None
+    scale = scales.canonical_scale(str(raw))
     if scale is None:
-        raise Reject("unknown_scale", f"scale {raw!r} is not one of {list(scales.SCALES)} or their spellings")
-    return scale
+        raise Reject("unknown_scale", f"{key}={raw!r} is not a scale ({list(scales.SCALES)}), a bench category "
+                                      f"or symbol, or a data group")
+    return scale, str(raw)
 
 
-def _task(item: dict, extra: dict) -> tuple[str, str]:
+def _task(source: SourceItem) -> tuple[str, str]:
     """(task, the source's spelling); the first key whose value maps wins."""
     seen = []
-    for source in (extra, item):
+    for info in (source.info, source.raw):
         for key in TASK_KEYS:
-            raw = source.get(key)
+            raw = info.get(key)
             if isinstance(raw, str) and raw:
-                task = TASK_ALIASES.get(re.sub(r"[^a-z]", "", raw.lower()))
+                task = scales.TASK_BY_OFFICIAL.get(raw) or TASK_ALIASES.get(_norm.sub("", raw.lower()))
                 if task:
-                    _check_answer_type(task, raw, extra.get("answer_type", item.get("answer_type")))
                     return task, raw
                 seen.append(f"{key}={raw!r}")
     raise Reject("unknown_task", f"no known task in {', '.join(seen) or 'any of ' + str(list(TASK_KEYS))}")
 
 
-def _check_answer_type(task: str, raw: str, answer_type: Any) -> None:
-    if not isinstance(answer_type, str):
+def _check_answer_type(task: str, answer_type: str, stated: Any) -> None:
+    """A source that says its answer is multiple choice must get a choice answer, and vice versa."""
+    if not isinstance(stated, str):
         return
-    says_choice = re.sub(r"[^a-z]", "", answer_type.lower()) in CHOICE_ANSWER_TYPES
-    is_choice = scales.TASK_BY_NAME[task].answer_type is scales.AnswerType.CHOICE
-    if says_choice != is_choice:
-        raise Reject("unknown_task", f"task {raw!r} maps to {task!r} ({scales.TASK_BY_NAME[task].answer_type.value}) "
-                                     f"but answer_type is {answer_type!r}")
+    says_choice = _norm.sub("", stated.lower()) in CHOICE_ANSWER_TYPES
+    if says_choice != (answer_type == scales.AnswerType.CHOICE.value):
+        raise Reject("unknown_task", f"task {task!r} got a {answer_type} answer but answer_type is {stated!r}")
 
 
-def _media(item: dict, media_root: str | os.PathLike | None, check: bool) -> tuple[list[Frame], list[list[Frame]]]:
-    videos = item.get("videos", item.get("video")) or []
-    if isinstance(videos, str):
-        videos = [[videos]]
-    elif videos and all(isinstance(v, str) for v in videos):
-        videos = [videos]
-    images = item.get("images") or []
-    if isinstance(images, str):
-        images = [images]
-    if not isinstance(videos, list) or not all(isinstance(v, list) and v for v in videos):
-        raise Reject("malformed_json", "videos must be lists of frame paths")
-    if not isinstance(images, list):
-        raise Reject("malformed_json", "images must be a list of paths")
-    return ([_frame(p, media_root, check) for p in images],
-            [[_frame(p, media_root, check) for p in video] for video in videos])
+def _sample_indices(n: int, k: int) -> list[int]:
+    return list(range(n)) if k <= 0 or n <= k else np.linspace(0, n - 1, k, dtype=int).tolist()
 
 
-def _frame(path: Any, media_root: str | os.PathLike | None, check: bool) -> Frame:
-    if not isinstance(path, str) or not path:
-        raise Reject("malformed_json", f"frame path {path!r} is not a string")
-    resolved = resolve_path(path, media_root)
-    if check and not resolved.is_file():
+def _frame(path: str, options: ConvertOptions) -> Frame:
+    resolved = resolve_path(path, options.media_root)
+    if options.check_frames and not resolved.is_file():
         raise Reject("missing_frame", f"no file {resolved}")
     return Frame(path=os.path.abspath(resolved))
+
+
+def _resolved_mask(prompt: Any, options: ConvertOptions) -> Any:
+    if not prompt.mask_path:
+        return prompt
+    resolved = resolve_path(prompt.mask_path, options.media_root)
+    if options.check_frames and not resolved.is_file():
+        raise Reject("missing_frame", f"no mask file {resolved}")
+    return replace(prompt, mask_path=os.path.abspath(resolved))
 
 
 def _with_placeholders(prompt: list[dict[str, str]], n_images: int, n_videos: int) -> list[dict[str, str]]:
@@ -286,127 +283,31 @@ def _with_placeholders(prompt: list[dict[str, str]], n_images: int, n_videos: in
     return prompt
 
 
-def _with_instruction(prompt: list[dict[str, str]]) -> list[dict[str, str]]:
+def _with_instruction(prompt: list[dict[str, str]], instruction: str) -> list[dict[str, str]]:
     if prompt[0]["role"] != "system":
-        return [{"role": "system", "content": scales.OUTPUT_INSTRUCTION}, *prompt]
-    return [{"role": "system", "content": f"{prompt[0]['content']}\n{scales.OUTPUT_INSTRUCTION}"}, *prompt[1:]]
+        return [{"role": "system", "content": instruction}, *prompt]
+    return [{"role": "system", "content": f"{prompt[0]['content']}\n{instruction}"}, *prompt[1:]]
 
 
 def _tag(text: str | None, tag: str) -> str | None:
-    match = re.search(rf"<{tag}>(.*?)</{tag}>", text or "", re.DOTALL)
+    match = re.search(rf"<{tag}>(.*?)</{tag}>", text or "", re.DOTALL | re.IGNORECASE)
     return match.group(1).strip() if match else None
 
 
-def _answer_text(item: dict, extra: dict, reply: str | None) -> str:
-    raw = _lookup(item, extra, ANSWER_KEYS)
+def _answer_text(source: SourceItem) -> str:
+    raw = source.lookup(ANSWER_KEYS)[1]
     if raw is None:
-        raw = reply
+        raw = source.reply
     if isinstance(raw, (int, float)) and not isinstance(raw, bool):
-        return str(raw)
+        return np.format_float_positional(raw, trim="-") if isinstance(raw, float) else str(raw)
     if not isinstance(raw, str) or not raw.strip():
         raise Reject("missing_answer", "no ground_truth/answer/solution and no assistant reply")
     text = _tag(raw, scales.ANSWER_TAG)
     if text is None:
-        text = re.sub(r"<think>.*?</think>", "", raw, flags=re.DOTALL).strip()
+        text = re.sub(r"<think>.*?</think>", "", raw, flags=re.DOTALL | re.IGNORECASE).strip()
     if not text:
         raise Reject("missing_answer", "empty answer")
     return text
-
-
-# ---- answers ----------------------------------------------------------------------------------
-def _answer(task: str, scale: str, text: str, question: str, item: dict, extra: dict) -> tuple[Answer, bool]:
-    """(Answer, whether the unit was assumed from the scale)."""
-    kind = scales.TASK_BY_NAME[task].answer_type
-    if kind is scales.AnswerType.NUMERIC:
-        return _numeric_answer(task, scale, text, question, extra)
-    if kind is scales.AnswerType.COUNT:
-        return Answer(kind.value, str(_count(text))), False
-    if kind is scales.AnswerType.CHOICE:
-        choices = _choices(item, extra, question)
-        return Answer(kind.value, _choice_letter(text, choices), None, choices), False
-    return Answer(kind.value, text), False
-
-
-def parse_quantity(text: str) -> tuple[float, str | None]:
-    """The first number in ``text`` and the canonical unit after it: "3.5 m" -> (3.5, "m"); unit None if absent."""
-    match = _NUMBER_RE.search(text)
-    if not match:
-        raise Reject("non_numeric_answer", f"no number in {text!r}")
-    value = float(match.group().replace(",", ""))
-    return value, _unit(text[match.end():])
-
-
-def _unit(text: str) -> str | None:
-    """Canonical unit at the start of ``text`` (None if there is no unit word; Reject if it is unknown)."""
-    match = _UNIT_RE.match(text.lower())
-    if not match:
-        return None
-    square, word, power = match.groups()
-    unit = _UNIT_WORDS.get(word)
-    if unit is None:
-        return None
-    if square or power:
-        unit = unit if unit in scales.AREA_UNITS else f"{unit}2"
-        if unit not in scales.AREA_UNITS:
-            raise Reject("bad_unit", f"unknown area unit in {text.strip()!r}")
-    return unit
-
-
-def _numeric_answer(task: str, scale: str, text: str, question: str, extra: dict) -> tuple[Answer, bool]:
-    value, unit = parse_quantity(text)
-    unit_assumed = False
-    if unit is None and isinstance(extra.get("unit"), str):
-        unit = _unit(extra["unit"])
-    if unit is None:
-        unit = next(filter(None, (_unit(m.group(1)) for m in _QUESTION_UNIT_RE.finditer(question.lower()))), None)
-    dimension = scales.TASK_BY_NAME[task].dimension
-    if unit is None:
-        unit, unit_assumed = scales.SCALE_BY_NAME[scale].default_unit, True
-    if dimension == "area" and scales.unit_dimension(unit) == "length" and f"{unit}2" in scales.AREA_UNITS:
-        unit = f"{unit}2"  # "25 m" for a room size means square metres
-    if scales.unit_dimension(unit) != dimension:
-        raise Reject("bad_unit", f"{unit!r} in {text!r} is not a {dimension} unit")
-    return Answer(scales.AnswerType.NUMERIC.value, np.format_float_positional(value, trim="-"), unit), unit_assumed
-
-
-def _count(text: str) -> int:
-    word = text.strip().lower().rstrip(".")
-    if word in _NUMBER_WORDS:
-        return _NUMBER_WORDS[word]
-    match = _NUMBER_RE.search(text)
-    if match:
-        value = float(match.group().replace(",", ""))
-        if value >= 0 and value == int(value):
-            return int(value)
-    raise Reject("non_numeric_answer", f"count answer {text!r} is not a non-negative integer")
-
-
-def _choices(item: dict, extra: dict, question: str) -> list[str]:
-    """Options as "A. text", from choices/options (extra_info or item) or else parsed from the question."""
-    raw = _lookup(item, extra, CHOICE_KEYS)
-    letters = scales.CHOICE_LETTERS
-    if isinstance(raw, dict):
-        options = [f"{k}. {v}" for k, v in sorted(raw.items())]
-    elif isinstance(raw, list) and all(isinstance(o, str) for o in raw):
-        options = [o if _LETTER_RE.match(o) else f"{letters[i]}. {o}" for i, o in enumerate(raw[:len(letters)])]
-    else:
-        options = [f"{letter}. {text.strip()}" for letter, text in _OPTION_RE.findall(question)]
-    if len(options) < 2:
-        raise Reject("bad_choice", "fewer than two options in choices/options or the question")
-    return options
-
-
-def _choice_letter(text: str, choices: list[str]) -> str:
-    letters = scales.CHOICE_LETTERS[:len(choices)]
-    match = _LETTER_RE.match(text.strip())
-    if match:
-        if match.group(1) not in letters:
-            raise Reject("bad_choice", f"answer {text!r} is not one of the letters {list(letters)}")
-        return match.group(1)
-    bodies = [re.sub(rf"^\(?{_LETTERS}[.)]\s*", "", c).strip().lower() for c in choices]
-    if text.strip().lower() in bodies:
-        return letters[bodies.index(text.strip().lower())]
-    raise Reject("bad_choice", f"answer {text!r} matches no option of {choices}")
 
 
 # ---- files ------------------------------------------------------------------------------------
@@ -432,13 +333,13 @@ def iter_source(path: str | os.PathLike) -> Iterator[Any]:
                 yield Reject("malformed_json", f"{p.name} line {number}: {err}")
 
 
-def convert_dataset(inputs: Sequence[str | os.PathLike], out_dir: str | os.PathLike, *,
-            media_root: str | os.PathLike | None = None, max_reject_fraction: float = 0.05,
-            shard_size: int = 10_000, rejects_path: str | os.PathLike | None = None, check_frames: bool = True,
-            data_source: str = DATA_SOURCE, split: str = "train", instruction: bool = True,
-            overwrite: bool = False) -> ConversionReport:
+def convert_dataset(inputs: Sequence[str | os.PathLike], out_dir: str | os.PathLike,
+                    options: ConvertOptions = ConvertOptions(), *, max_reject_fraction: float = 0.05,
+                    shard_size: int = 10_000, rejects_path: str | os.PathLike | None = None,
+                    overwrite: bool = False) -> ConversionReport:
     """Convert source files to ``out_dir/part-*.parquet``; rejects go to ``rejects_path`` (default
-    ``out_dir/rejects.jsonl``) and a summary to ``out_dir/conversion.json``.
+    ``out_dir/rejects.jsonl``) and a summary to ``out_dir/conversion.json``. Without a
+    ``media_root``, each file's relative frame paths resolve against that file's folder.
 
     Raises TooManyRejects (after writing the rejects file, publishing no shards) when the fraction of
     rejected items exceeds ``max_reject_fraction``.
@@ -453,24 +354,27 @@ def convert_dataset(inputs: Sequence[str | os.PathLike], out_dir: str | os.PathL
     with open(report.rejects_path, "w", encoding="utf-8") as rejects:
         def records() -> Iterator[Record]:
             for source in inputs:
+                file_options = options if options.media_root is not None else \
+                    replace(options, media_root=Path(source).resolve().parent)
                 for item in iter_source(source):
                     index = report.total
                     report.total += 1
                     try:
                         if isinstance(item, Reject):
                             raise item
-                        record = convert_item(item, index, media_root=media_root, check_frames=check_frames,
-                                              data_source=data_source, split=split, instruction=instruction)
+                        record = convert_item(item, index, file_options)
                     except Reject as reject:
                         report.rejected[reject.reason] += 1
-                        rejects.write(json.dumps({"index": index, "id": _item_id(item), "reason": reject.reason,
+                        rejects.write(json.dumps({"index": index, "id": item_id(item), "reason": reject.reason,
                                                   "detail": reject.detail, "source": str(source)}) + "\n")
                         continue
                     except Exception as err:  # a shape of data no rule anticipates: say where it is
-                        raise RuntimeError(f"{source}, item {index} (id {_item_id(item)!r}): {err!r}") from err
+                        raise RuntimeError(f"{source}, item {index} (id {item_id(item)!r}): {err!r}") from err
                     report.converted += 1
                     report.scales[record.scale] += 1
                     report.tasks[record.task] += 1
+                    report.groups[record.meta.get("group") or scales.SCALE_BY_NAME[record.scale].display] += 1
+                    report.shapes[record.meta["source_shape"]] += 1
                     yield record
 
         staged = write_records(records(), staging, rows_per_shard=shard_size, validate=False)

@@ -17,15 +17,19 @@ Columns (``SCHEMA``):
   ``compute_score(data_source, solution_str, ground_truth, extra_info)`` receives. It is derived
   from ``answer``; ``from_row`` rejects a row whose stored ground truth disagrees.
 - ``extra_info`` struct<index, split, scale, task, source_id, meta>: ``meta`` is a JSON object
-  (string) for anything source-specific, e.g. ``reference``: an SFT target completion.
+  (string) for anything source-specific, e.g. ``reference``: an SFT target completion;
+  ``output_format`` and ``count_metric``: how this dataset's completions are formatted and counts
+  scored (copied into the ground truth; see ``rewards.truth``); ``visual_prompts``: points, boxes
+  and masks drawn on the frames when they are decoded (``data.visual_prompts``).
 """
 
 from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable, NoReturn
+from typing import Any, NoReturn
 
 import pyarrow as pa
 
@@ -119,8 +123,22 @@ class Record:
         return {"type": a.type, "value": a.typed_value(), "unit": a.unit, "choices": list(a.choices)}
 
     def ground_truth_dict(self) -> dict[str, Any]:
-        """What reward functions receive (as JSON) in ``reward_model.ground_truth``."""
-        return {**self.answer_dict(), "scale": self.scale, "task": self.task}
+        """What reward functions receive (as JSON) in ``reward_model.ground_truth``; the dataset's
+        output format and count metric only where they differ from the defaults."""
+        truth = {**self.answer_dict(), "scale": self.scale, "task": self.task}
+        for key in ("output_format", "count_metric"):
+            if self.meta.get(key):
+                truth[key] = self.meta[key]
+        return truth
+
+    @property
+    def output_format(self) -> scales.OutputFormat:
+        return scales.OutputFormat(self.meta.get("output_format") or scales.OutputFormat.THINK_SCALE_ANSWER.value)
+
+    def reference_completion(self) -> str:
+        """The SFT target: the source's reference completion, else an empty reasoning and the answer."""
+        return self.meta.get("reference") or scales.format_output("", self.scale, self.answer.text(),
+                                                                  self.output_format)
 
     def ground_truth_json(self) -> str:
         return json.dumps(self.ground_truth_dict())
@@ -200,6 +218,11 @@ class Record:
             json.dumps(self.meta)
         except (TypeError, ValueError) as err:
             fail("extra_info.meta", f"not JSON-serialisable: {err}")
+        if self.meta.get("output_format") not in (None, *(f.value for f in scales.OutputFormat)):
+            fail("extra_info.meta.output_format", f"{self.meta['output_format']!r} is not one of "
+                                                  f"{[f.value for f in scales.OutputFormat]}")
+        if self.meta.get("count_metric") not in (None, "exact", "mra"):
+            fail("extra_info.meta.count_metric", f"{self.meta['count_metric']!r} is not 'exact' or 'mra'")
 
     def _validate_prompt(self, fail: _Fail) -> None:
         if not self.prompt:
@@ -221,8 +244,9 @@ class Record:
     def _validate_answer(self, fail: _Fail) -> None:
         a = self.answer
         spec = scales.TASK_BY_NAME[self.task]
-        if a.type != spec.answer_type.value:
-            fail("answer.type", f"{a.type!r} but task {self.task!r} expects {spec.answer_type.value!r}")
+        if a.type not in [t.value for t in spec.answer_types]:
+            fail("answer.type", f"{a.type!r} but task {self.task!r} expects "
+                                f"{' or '.join(repr(t.value) for t in spec.answer_types)}")
         if not isinstance(a.value, str) or not a.value.strip():
             fail("answer.value", "must be a non-empty string")
         if a.type == scales.AnswerType.NUMERIC.value:
@@ -230,7 +254,7 @@ class Record:
                 number = float(a.value)
             except ValueError:
                 fail("answer.value", f"{a.value!r} is not a number")
-            if not math.isfinite(number) or number < 0:
+            if not math.isfinite(number) or (number < 0 and spec.dimension != "angle"):
                 fail("answer.value", f"{a.value!r} must be finite and non-negative")
             if scales.unit_dimension(a.unit or "") != spec.dimension:
                 fail("answer.unit", f"{a.unit!r} is not a canonical {spec.dimension} unit")
@@ -238,12 +262,12 @@ class Record:
             fail("answer.unit", f"must be null for a {a.type} answer")
         if a.type == scales.AnswerType.COUNT.value and not a.value.isdigit():
             fail("answer.value", f"{a.value!r} is not a non-negative integer")
-        if a.type == scales.AnswerType.CHOICE.value:
-            if len(a.choices) < 2 or len(a.choices) > len(scales.CHOICE_LETTERS):
+        if a.type == scales.AnswerType.CHOICE.value:  # no choices: the options are in the question text
+            if len(a.choices) == 1 or len(a.choices) > len(scales.CHOICE_LETTERS):
                 fail("answer.choices", f"needs 2..{len(scales.CHOICE_LETTERS)} options, got {len(a.choices)}")
-            if a.value not in scales.CHOICE_LETTERS[:len(a.choices)]:
-                fail("answer.value", f"{a.value!r} is not one of the option letters "
-                                     f"{list(scales.CHOICE_LETTERS[:len(a.choices)])}")
+            letters = scales.CHOICE_LETTERS[:len(a.choices) or len(scales.CHOICE_LETTERS)]
+            if a.value not in letters:
+                fail("answer.value", f"{a.value!r} is not one of the option letters {list(letters)}")
         elif a.choices:
             fail("answer.choices", f"must be empty for a {a.type} answer")
 

@@ -385,7 +385,8 @@ def tokenizer_corpus(samples: int = 400, seed: int = 0) -> list[str]:
     """Texts the tiny tokenizer is trained on: instruction, scale names, units, tags, questions, references."""
     texts = [scales.OUTPUT_INSTRUCTION, " ".join(scales.CHOICE_LETTERS), " ".join(str(d) for d in range(10))]
     texts += [f"{s.name} {s.display} {s.bench_category} {s.default_unit} {CUES[s.name]}" for s in scales.SCALE_SPECS]
-    texts += [" ".join(scales.LENGTH_UNITS), " ".join(scales.AREA_UNITS), " ".join(NAMES), " ".join(scales.TASKS)]
+    texts += [" ".join(scales.LENGTH_UNITS), " ".join(scales.AREA_UNITS), " ".join(NAMES),
+              " ".join(t.name for t in scales.SYNTHETIC_TASK_SPECS)]
     for i in range(samples):
         rng = np.random.default_rng([seed, 2, i])
         scene = sample_scene(rng, scales.SCALES[i % len(scales.SCALES)],

@@ -9,9 +9,20 @@ stepwise combiner, plugins and batch scoring. Pure Python: no torch, no ray.
 from spacevista.rewards.components import MRA_THRESHOLDS, mean_relative_accuracy
 from spacevista.rewards.parse import NoAnswer, ParsedCompletion, parse_completion
 from spacevista.rewards.pipeline import PluginSpec, RewardConfig, RewardPipeline
-from spacevista.rewards.registry import PluginLoadError, available_rewards, call_reward, load_reward, register_reward
-from spacevista.rewards.stepwise import (RewardBreakdown, RewardWeights, StepwiseReward, aggregate_breakdowns,
-                                         compute_score)
+from spacevista.rewards.registry import (
+                                         PluginLoadError,
+                                         available_rewards,
+                                         call_reward,
+                                         load_reward,
+                                         register_reward,
+)
+from spacevista.rewards.stepwise import (
+                                         RewardBreakdown,
+                                         RewardWeights,
+                                         StepwiseReward,
+                                         aggregate_breakdowns,
+                                         compute_score,
+)
 from spacevista.rewards.truth import GroundTruth, GroundTruthError, parse_ground_truth
 
 __all__ = [

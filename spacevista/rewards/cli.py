@@ -12,10 +12,19 @@ from typing import IO, Any
 from rich.console import Console
 from rich.table import Table
 
-from spacevista.scales import SCALES, AnswerType
-from spacevista.rewards.pipeline import STEPWISE, PluginSpec, RewardConfig, RewardPipeline
+from spacevista.rewards.pipeline import (
+    STEPWISE,
+    PluginSpec,
+    RewardConfig,
+    RewardPipeline,
+)
 from spacevista.rewards.registry import PluginLoadError, available_rewards
-from spacevista.rewards.stepwise import RewardBreakdown, aggregate_breakdowns, error_breakdown
+from spacevista.rewards.stepwise import (
+    RewardBreakdown,
+    aggregate_breakdowns,
+    error_breakdown,
+)
+from spacevista.scales import SCALES, AnswerType
 
 CHUNK_LINES = 1024  # lines scored per score_batch call
 

@@ -9,10 +9,16 @@ from __future__ import annotations
 from bisect import bisect_left
 from collections.abc import Callable
 
-from spacevista.scales import SCALES, AnswerType, convert, unit_dimension
-from spacevista.rewards.parse import (ParsedCompletion, normalise_text, parse_choice, parse_count,
-                                      parse_quantity, parse_scale)
+from spacevista.rewards.parse import (
+    ParsedCompletion,
+    normalise_text,
+    parse_choice,
+    parse_count,
+    parse_quantity,
+    parse_scale,
+)
 from spacevista.rewards.truth import GroundTruth
+from spacevista.scales import SCALES, AnswerType, convert, unit_dimension
 
 Component = tuple[float, str]
 

@@ -15,7 +15,17 @@ import string
 from dataclasses import dataclass
 from functools import lru_cache
 
-from spacevista.scales import AREA_UNITS, CHOICE_LETTERS, LENGTH_UNITS, OUTPUT_TAGS, THINK_TAG, canonical_scale
+from spacevista.scales import (
+    ANGLE_UNITS,
+    AREA_UNITS,
+    CHOICE_LETTERS,
+    LENGTH_UNITS,
+    OUTPUT_TAGS,
+    SCALE_TAG,
+    THINK_TAG,
+    OutputFormat,
+    canonical_scale,
+)
 
 MAX_COMPLETION_CHARS = 16 * 1024  # ~4k tokens; what lies past this is not looked at
 MAX_ANSWER_CHARS = 256  # the content of <answer> a parser looks at
@@ -58,11 +68,11 @@ def _block(text: str, open_mark: str, close_mark: str) -> str | None:
     return None if start < 0 else text[start + len(open_mark):close]
 
 
-def _format_error(text: str) -> str | None:
-    """None when `text` is exactly <think>..</think> <scale>..</scale> <answer>..</answer>: each tag
-    once, in that order, with nothing but whitespace before, between or after the blocks."""
+def _format_error(text: str, marks: tuple[tuple[str, str, str], ...] = _TAG_MARKS) -> str | None:
+    """None when `text` is exactly the blocks of `marks` (default <think>..</think> <scale>..</scale>
+    <answer>..</answer>): each tag once, in that order, with nothing but whitespace around the blocks."""
     spans: list[tuple[str, int, int]] = []  # (tag, index of open mark, index just past close mark)
-    for tag, open_mark, close_mark in _TAG_MARKS:
+    for tag, open_mark, close_mark in marks:
         n_open, n_close = text.count(open_mark), text.count(close_mark)
         if n_open == 0 and n_close == 0:
             return f"missing {open_mark}"
@@ -124,8 +134,13 @@ def _well_formed(text: str) -> ParsedCompletion | None:
                             text[answer_start + _ANSWER_OPEN_LEN:answer_end], None)
 
 
-def parse_completion(text: str) -> ParsedCompletion:
-    """Split a completion into its tagged parts and check the output format."""
+_MARKS_WITHOUT_SCALE = tuple(m for m in _TAG_MARKS if m[0] != SCALE_TAG)
+
+
+def parse_completion(text: str,
+                     output_format: OutputFormat = OutputFormat.THINK_SCALE_ANSWER) -> ParsedCompletion:
+    """Split a completion into its tagged parts and check the output format (`THINK_ANSWER`: the
+    <scale> block may be left out; when present it must sit between </think> and <answer>)."""
     if not isinstance(text, str):
         return ParsedCompletion(None, None, None, f"completion is {type(text).__name__}, not str")
     truncated = len(text) > MAX_COMPLETION_CHARS
@@ -134,7 +149,8 @@ def parse_completion(text: str) -> ParsedCompletion:
     parsed = _well_formed(text)
     if parsed is not None:
         return parsed
-    error = _format_error(text)
+    scale_optional = output_format is OutputFormat.THINK_ANSWER and _SCALE_OPEN not in text and _SCALE_CLOSE not in text
+    error = _format_error(text, _MARKS_WITHOUT_SCALE if scale_optional else _TAG_MARKS)
     if truncated and error is not None:
         error = f"completion over {MAX_COMPLETION_CHARS} chars, truncated: {error}"
     return ParsedCompletion(_block(text, _THINK_OPEN, _THINK_CLOSE), _block(text, _SCALE_OPEN, _SCALE_CLOSE),
@@ -167,12 +183,17 @@ LENGTH_ALIASES: dict[str, str] = {sym: sym for sym in LENGTH_UNITS}
 LENGTH_ALIASES.update({word: sym for sym, words in _LENGTH_SPELLINGS.items() for word in words})
 AREA_ALIASES: dict[str, str] = {sym: sym for sym in AREA_UNITS}
 AREA_ALIASES.update({"ha": "ha", "hectare": "ha", "hectares": "ha", "sqm": "m2", "sqft": "ft2"})
+ANGLE_ALIASES: dict[str, str] = {sym: sym for sym in ANGLE_UNITS}
+ANGLE_ALIASES.update({"°": "deg", "degree": "deg", "degrees": "deg", "degs": "deg",
+                      "radian": "rad", "radians": "rad", "rads": "rad"})
 
 
 def unit_symbol(unit: str, square: bool = False) -> str | None:
-    """Canonical scales unit symbol for a spelling ("metres" -> "m", "m²"/"m^2" -> "m2"); `square`
-    marks a "sq"/"square" prefix. None when unknown."""
+    """Canonical scales unit symbol for a spelling ("metres" -> "m", "m²"/"m^2" -> "m2", "°" -> "deg");
+    `square` marks a "sq"/"square" prefix. None when unknown."""
     unit = unit.strip().lower().rstrip(".")
+    if unit in ANGLE_ALIASES and not square:
+        return ANGLE_ALIASES[unit]
     if unit.endswith("²"):
         unit, square = unit[:-1], True
     elif unit.endswith("^2"):
@@ -190,7 +211,7 @@ _THOUSANDS_RE = re.compile(r"(?<=\d),(?=\d{3}(?!\d))")
 _NUMBER = r"[-+]?(?:\d+(?:\.\d*)?|\.\d+)(?:e[-+]?\d+)?"
 _QUANTITY_RE = re.compile(
     rf"(?<![\w.])(?P<num>{_NUMBER})"
-    r"(?:[ \t]*(?:(?P<sq>square|sq\.?)[ \t]*)?(?P<unit>[a-z]+)(?P<pow>\^2|²|2(?![\d.]))?)?"
+    r"(?:[ \t]*(?:(?P<sq>square|sq\.?)[ \t]*)?(?P<unit>[a-z]+|°)(?P<pow>\^2|²|2(?![\d.]))?)?"
 )
 
 

@@ -12,11 +12,16 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-from spacevista.scales import AnswerType
 from spacevista.rewards.components import COUNT_EXACT_MAX
 from spacevista.rewards.registry import RewardFn, call_reward, load_reward
-from spacevista.rewards.stepwise import RewardBreakdown, RewardWeights, StepwiseReward, error_breakdown
+from spacevista.rewards.stepwise import (
+    RewardBreakdown,
+    RewardWeights,
+    StepwiseReward,
+    error_breakdown,
+)
 from spacevista.rewards.truth import GroundTruth, GroundTruthError, parse_ground_truth
+from spacevista.scales import AnswerType
 
 STEPWISE = "stepwise"
 # Component names a plugin may not take: the stepwise components.

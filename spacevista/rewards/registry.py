@@ -20,11 +20,18 @@ from importlib.metadata import EntryPoint, entry_points
 from pathlib import Path
 from typing import Any, TypeVar
 
-from spacevista.rewards.components import (choice_reward, count_reward, format_reward, numeric_reward, scale_reward,
-                                           text_reward)
+from spacevista.rewards.components import (
+    choice_reward,
+    count_reward,
+    format_reward,
+    numeric_reward,
+    scale_reward,
+    text_reward,
+)
 from spacevista.rewards.parse import parse_completion
 from spacevista.rewards.stepwise import compute_score
-from spacevista.rewards.truth import parse_ground_truth
+from spacevista.rewards.truth import GroundTruthError, parse_ground_truth
+from spacevista.scales import OutputFormat
 
 ENTRY_POINT_GROUP = "spacevista.rewards"
 RewardFn = Callable[..., Any]  # (data_source, solution_str, ground_truth, extra_info) -> float | dict
@@ -143,15 +150,23 @@ def call_reward(fn: RewardFn, data_source: str, solution_str: str, ground_truth:
 register_reward("stepwise")(compute_score)
 
 
+def _output_format(ground_truth: Any) -> OutputFormat:
+    """The dataset's output format; the default one when the ground truth cannot be read."""
+    try:
+        return parse_ground_truth(ground_truth).output_format
+    except GroundTruthError:
+        return OutputFormat.THINK_SCALE_ANSWER
+
+
 @register_reward("format")
 def format_score(data_source: str, solution_str: str, ground_truth: Any, extra_info: Any = None) -> float:
-    return format_reward(parse_completion(solution_str))[0]
+    return format_reward(parse_completion(solution_str, _output_format(ground_truth)))[0]
 
 
 @register_reward("scale")
 def scale_score(data_source: str, solution_str: str, ground_truth: Any, extra_info: Any = None) -> float:
     truth = parse_ground_truth(ground_truth)
-    return scale_reward(parse_completion(solution_str).scale, truth.scale)[0]
+    return scale_reward(parse_completion(solution_str, truth.output_format).scale, truth.scale)[0]
 
 
 def _answer_score(name: str, component: Callable[..., tuple[float, str]]) -> RewardFn:
@@ -159,7 +174,7 @@ def _answer_score(name: str, component: Callable[..., tuple[float, str]]) -> Rew
         truth = parse_ground_truth(ground_truth)
         if truth.type.value != name:
             raise ValueError(f"reward {name!r} cannot score a {truth.type.value!r} answer")
-        return component(parse_completion(solution_str).answer, truth)[0]
+        return component(parse_completion(solution_str, truth.output_format).answer, truth)[0]
     score.__qualname__ = f"{name}_score"
     return register_reward(name)(score)
 

@@ -10,11 +10,17 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
-from spacevista.scales import AnswerType
-from spacevista.rewards.components import (ACCURACY_REWARDS, COUNT_EXACT_MAX, AccuracyReward, count_reward,
-                                           format_reward, scale_reward)
+from spacevista.rewards.components import (
+    ACCURACY_REWARDS,
+    COUNT_EXACT_MAX,
+    AccuracyReward,
+    count_reward,
+    format_reward,
+    scale_reward,
+)
 from spacevista.rewards.parse import parse_completion
 from spacevista.rewards.truth import GroundTruth, GroundTruthError, parse_ground_truth
+from spacevista.scales import AnswerType, OutputFormat
 
 ACCURACY = "accuracy"  # the key under which compute_score reports the answer component
 
@@ -77,25 +83,33 @@ class StepwiseReward:
                           AnswerType.COUNT: partial(count_reward, exact_max=self.count_exact_max)}
 
     def score(self, truth: GroundTruth, completion: str) -> RewardBreakdown:
-        """Score one completion against a parsed ground truth."""
+        """Score one completion against a parsed ground truth. Where the dataset's output format
+        makes <scale> optional and the completion has none, the scale component is left out and the
+        total is normalised over format and answer."""
         weights = self.weights
-        parsed = parse_completion(completion)
+        parsed = parse_completion(completion, truth.output_format)
         format_value, format_reason = format_reward(parsed)
+        scale_scored = parsed.scale is not None or truth.output_format is OutputFormat.THINK_SCALE_ANSWER
         scale_value, scale_reason = scale_reward(parsed.scale, truth.scale, self.neighbour_scale_credit)
         if weights.gate_format and format_value < 1.0:
             accuracy, accuracy_reason = 0.0, "gated: format invalid"
-        elif weights.gate_scale and scale_value < 1.0:
+        elif weights.gate_scale and scale_scored and scale_value < 1.0:
             accuracy, accuracy_reason = 0.0, "gated: scale not right"
+        elif truth.type is AnswerType.COUNT and truth.count_metric == "mra":
+            accuracy, accuracy_reason = count_reward(parsed.answer, truth, exact_max=-1)
         else:
             accuracy, accuracy_reason = self._accuracy[truth.type](parsed.answer, truth)
-        weighted = weights.format * format_value + weights.scale * scale_value + weights.accuracy * accuracy
-        total = min(1.0, weighted / weights.total_weight)
         name = truth.type.value
-        return RewardBreakdown(
-            total,
-            {"format": format_value, "scale": scale_value, name: accuracy},
-            {"format": format_reason, "scale": scale_reason, name: accuracy_reason},
-            truth.scale, truth.task)
+        components = {"format": format_value, name: accuracy}
+        reasons = {"format": format_reason, name: accuracy_reason}
+        weighted = weights.format * format_value + weights.accuracy * accuracy
+        total_weight = weights.format + weights.accuracy
+        if scale_scored:
+            components["scale"], reasons["scale"] = scale_value, scale_reason
+            weighted += weights.scale * scale_value
+            total_weight += weights.scale
+        total = min(1.0, weighted / total_weight) if total_weight > 0 else 0.0
+        return RewardBreakdown(total, components, reasons, truth.scale, truth.task)
 
 
 DEFAULT_STEPWISE = StepwiseReward()
@@ -116,7 +130,8 @@ def compute_score(data_source: str, solution_str: str, ground_truth: dict[str, A
                 "error": f"ground truth: {err}"}
     breakdown = DEFAULT_STEPWISE.score(truth, solution_str)
     name = truth.type.value
-    return {"score": breakdown.total, "format": breakdown.components["format"], "scale": breakdown.components["scale"],
+    return {"score": breakdown.total, "format": breakdown.components["format"],
+            "scale": breakdown.components.get("scale", 0.0),
             ACCURACY: breakdown.components[name], "answer_type": name, "error": ""}
 
 

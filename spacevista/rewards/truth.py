@@ -3,7 +3,9 @@ against it).
 
 Accepted shapes: the record form `{"scale", "task", "answer": {"type", "value", "unit", "choices"}}`,
 the flat verl form `{"type", "value", "unit", "choices", "scale", "task"}`, or either as a JSON
-string (what the parquet column `reward_model.ground_truth` holds).
+string (what the parquet column `reward_model.ground_truth` holds). Optional keys set per dataset:
+`output_format` (a `scales.OutputFormat` value; default think_scale_answer) and `count_metric`
+("exact", the default, or "mra": counts scored by Mean Relative Accuracy, as SpaceVista-Bench does).
 """
 
 from __future__ import annotations
@@ -14,9 +16,24 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
-from spacevista.scales import (CHOICE_LETTERS, SCALE_BY_NAME, TASK_BY_NAME, AnswerType, canonical_scale, convert,
-                               unit_dimension)
-from spacevista.rewards.parse import normalise_text, parse_choice, parse_count, parse_quantity, unit_symbol
+from spacevista.rewards.parse import (
+    normalise_text,
+    parse_choice,
+    parse_count,
+    parse_quantity,
+    unit_symbol,
+)
+from spacevista.scales import (
+    CHOICE_LETTERS,
+    DEFAULT_UNIT,
+    SCALE_BY_NAME,
+    TASK_BY_NAME,
+    AnswerType,
+    OutputFormat,
+    canonical_scale,
+    convert,
+    unit_dimension,
+)
 
 
 class GroundTruthError(ValueError):
@@ -34,6 +51,11 @@ class GroundTruth:
     value: float | int | str
     unit: str | None = None
     choices: tuple[str, ...] | None = None
+    output_format: OutputFormat = OutputFormat.THINK_SCALE_ANSWER
+    count_metric: str = "exact"  # exact | mra
+
+
+COUNT_METRICS: tuple[str, ...] = ("exact", "mra")
 
 
 def parse_ground_truth(raw: GroundTruth | dict[str, Any] | str) -> GroundTruth:
@@ -79,20 +101,27 @@ def _from_dict(raw: dict[str, Any]) -> GroundTruth:
         raise GroundTruthError(f"unknown answer type {type_name!r}") from None
     value = _field(answer, "value")
     choices = _choices(answer.get("choices"))
+    try:
+        protocol = {"output_format": OutputFormat(raw.get("output_format") or OutputFormat.THINK_SCALE_ANSWER.value)}
+    except ValueError:
+        raise GroundTruthError(f"unknown output_format {raw.get('output_format')!r}") from None
+    protocol["count_metric"] = raw.get("count_metric") or "exact"
+    if protocol["count_metric"] not in COUNT_METRICS:
+        raise GroundTruthError(f"count_metric {protocol['count_metric']!r} is not one of {COUNT_METRICS}")
     if answer_type is AnswerType.NUMERIC:
         unit, number = _numeric(value, answer.get("unit"), scale, task)
-        return GroundTruth(scale, task, answer_type, number, unit, choices)
+        return GroundTruth(scale, task, answer_type, number, unit, choices, **protocol)
     if answer_type is AnswerType.CHOICE:
         letter = parse_choice(str(value), choices)
         if not letter or (choices and CHOICE_LETTERS.index(letter) >= len(choices)):
             raise GroundTruthError(f"choice answer {value!r} is not a letter of the choices {choices}")
-        return GroundTruth(scale, task, answer_type, letter, None, choices)
+        return GroundTruth(scale, task, answer_type, letter, None, choices, **protocol)
     if answer_type is AnswerType.COUNT:
         count = parse_count(str(value))
         if not isinstance(count, int):
             raise GroundTruthError(f"count answer {value!r}: {count.reason}")
-        return GroundTruth(scale, task, answer_type, count, None, choices)
-    return GroundTruth(scale, task, answer_type, normalise_text(str(value)), None, choices)
+        return GroundTruth(scale, task, answer_type, count, None, choices, **protocol)
+    return GroundTruth(scale, task, answer_type, normalise_text(str(value)), None, choices, **protocol)
 
 
 def _choices(choices: Any) -> tuple[str, ...] | None:
@@ -106,11 +135,11 @@ def _choices(choices: Any) -> tuple[str, ...] | None:
 
 def _numeric(value: Any, unit: str | None, scale: str, task: str) -> tuple[str, float]:
     """Canonical unit and float value of a numeric answer. A missing unit defaults to the scale's
-    default unit for lengths and to m2 for areas; a value given as text with its own unit ("350 cm")
-    is converted to the record's unit."""
+    default unit for lengths, m2 for areas and degrees for angles; a value given as text with its own
+    unit ("350 cm") is converted to the record's unit."""
     dimension = TASK_BY_NAME[task].dimension or "length"
     if not unit:
-        symbol = SCALE_BY_NAME[scale].default_unit if dimension == "length" else "m2"
+        symbol = SCALE_BY_NAME[scale].default_unit if dimension == "length" else DEFAULT_UNIT[dimension]
     else:
         symbol = unit_symbol(str(unit))
         if symbol is None:
