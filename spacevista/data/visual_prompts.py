@@ -96,7 +96,7 @@ def parse_visual_prompts(item: dict[str, Any], frame_paths: list[str]) -> list[V
 
 def remap_to_sampled(prompts: Sequence[VisualPrompt], sampled_indices: Sequence[int]) -> list[VisualPrompt]:
     """Move each prompt to the position of the nearest sampled frame (the first, on a tie)."""
-    if not sampled_indices:
+    if len(sampled_indices) == 0:
         raise VisualPromptError("sampled_indices: empty, nowhere to draw the prompts")
     return [VisualPrompt(p.kind, min(range(len(sampled_indices)), key=lambda i: abs(sampled_indices[i] - p.frame)),
                          p.color, p.coords, p.mask_path, p.object_ids) for p in prompts]
