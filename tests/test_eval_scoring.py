@@ -1,4 +1,7 @@
-"""Offline scoring of SpaceVista-Bench results files: hand-computed scores, summary layout, reports."""
+"""Offline scoring of SpaceVista-Bench results files: hand-computed scores, summary layout, reports.
+
+`eval score` reads the official way by default (tests/test_eval_official.py); most tests here pin the
+lenient reading (`--reading lenient`: our parsers), whose scores are computed by hand below."""
 
 from __future__ import annotations
 
@@ -8,12 +11,12 @@ from pathlib import Path
 import pytest
 
 from spacevista.cli import main
-from spacevista.eval.scoring import read_predictions, sample_from_row, score_sample
+from spacevista.eval.scoring import read_predictions, sample_from_row, score_sample, scored_row
 from spacevista.eval.summary import summarize
 
 FIXTURE = Path(__file__).parent / "fixtures" / "eval" / "bench_predictions.jsonl"
 
-# Expected per-sample scores of the fixture, by hand. MRA = the fraction of the 10 thresholds
+# Expected per-sample scores of the fixture under the lenient reading, by hand. MRA = the fraction of the 10 thresholds
 # t in {0.50, 0.55, ..., 0.95} with |pred - gt| / |gt| <= 1 - t.
 EXPECTED = {
     "1": 1.0,  # mc "A" vs A
@@ -30,6 +33,10 @@ EXPECTED = {
     "12": 0.7,  # 400 m vs 500 m: error 0.2, t = 0.50..0.80 (7 of 10)
     "13": 0.0,  # "lake" vs "river"
 }
+# The official reading of the same file (the official scorer's own output, see test_eval_official.py):
+# no unit conversion, exact text and "(d)" unread, so lines 2, 5, 6, 9, 10, 11 and 12 score lower.
+OFFICIAL = {"1": 1.0, "2": 0.0, "3": 0.6, "4": 0.0, "5": 0.0, "6": 0.0, "8": 0.1, "9": 0.0, "10": 0.0, "11": 0.0,
+            "12": 0.0, "13": 0.0}
 
 
 def rounded(value):
@@ -42,13 +49,23 @@ def rounded(value):
 @pytest.fixture(scope="module")
 def scored_fixture(tmp_path_factory) -> tuple[Path, dict]:
     out = tmp_path_factory.mktemp("scored")
-    assert main(["eval", "score", str(FIXTURE), "--out", str(out)]) == 0
+    assert main(["eval", "score", str(FIXTURE), "--out", str(out), "--reading", "lenient"]) == 0
     return out, json.loads((out / "summary.json").read_text())
 
 
-def test_each_fixture_sample_scores_as_computed_by_hand():
+def test_each_fixture_sample_scores_as_computed_by_hand_under_the_lenient_reading():
     samples, _ = read_predictions(FIXTURE)
     assert {s.id: score_sample(s).score for s in samples} == pytest.approx(EXPECTED)
+
+
+def test_by_default_the_summary_follows_the_official_reading(tmp_path):
+    assert main(["eval", "score", str(FIXTURE), "--out", str(tmp_path)]) == 0
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    rows = [json.loads(line) for line in (tmp_path / "results.jsonl").read_text().splitlines()]
+    assert {str(r["id"]): r["score"] for r in rows} == OFFICIAL and summary["reading"] == "official"
+    assert summary["overall"] == 0.1416666666666667 and summary["total_count"] == 12
+    assert summary["per_category"]["Tabletop"]["overall"] == 0.3 and summary["per_category"]["Drone"]["count"] == 2
+    assert summary["per_type"]["object_distance"] == {"score": 0.19999999999999998, "count": 3}
 
 
 def test_summary_numbers_match_the_hand_computation(scored_fixture):
@@ -61,7 +78,8 @@ def test_summary_numbers_match_the_hand_computation(scored_fixture):
     # TinyTabletop: mc 1.0; numeric 0.9; overall (1 + .9) / 2
     assert rounded(cats["TinyTabletop"]) == {
         "overall": 0.95, "mc_accuracy": 1.0, "num_MRA": 0.9, "text_accuracy": None, "count_accuracy": None,
-        "count": 2, "n_per_answer_type": {"mc": 1, "numerical": 1, "text": 0, "count": 0}}
+        "count": 2, "mc_count": 1, "num_count": 1, "text_count": 0,
+        "n_per_answer_type": {"mc": 1, "numerical": 1, "text": 0, "count": 0}}
     # Tabletop: mc 0; numeric 0.6; overall (0 + .6) / 2
     tabletop = cats["Tabletop"]
     assert (tabletop["overall"], tabletop["mc_accuracy"], tabletop["num_MRA"]) == approx((0.3, 0.0, 0.6))
@@ -106,19 +124,22 @@ def test_every_kind_of_bad_line_is_reported_and_blank_lines_are_not(tmp_path):
 
 def test_output_files_and_results_rows(scored_fixture):
     out, _ = scored_fixture
-    assert {p.name for p in out.iterdir()} == {"results.jsonl", "summary.json", "leaderboard.md", "per_scale.png"}
+    assert {p.name for p in out.iterdir()} == {"results.jsonl", "summary.json", "leaderboard.md", "per_scale.png",
+                                               "reading_differences.jsonl", "results_bench_predictions_metrics.json"}
     rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
-    assert [r["id"] for r in rows] == list(EXPECTED)
-    assert rows[1] == {"id": "2", "category": "TinyTabletop", "scale": "tiny_tabletop", "original_type": "object_size",
+    assert [str(r["id"]) for r in rows] == list(EXPECTED)
+    # the input row as it was, then both readings' scores (the lenient one chosen here)
+    assert rows[1] == {"id": 2, "category": "TinyTabletop", "scale": "mm", "original_type": "object_size",
                        "answer_type": "numerical", "ground_truth": "12 mm",
-                       "predicted_answer": "<answer>1.3 cm</answer>", "parsed_answer": "1.3 cm",
-                       "score": pytest.approx(0.9), "reason": "13 vs 12 mm", "routed_expert": None}
+                       "predicted_answer": "<answer>1.3 cm</answer>", "line": 2, "reading": "lenient",
+                       "score": pytest.approx(0.9), "parsed_answer": "1.3 cm", "reason": "13 vs 12 mm",
+                       "official_score": 0.0, "lenient_score": pytest.approx(0.9)}
     assert (out / "per_scale.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_results_file_scores_back_to_the_same_summary(scored_fixture, tmp_path):
     out, summary = scored_fixture
-    assert main(["eval", "score", str(out / "results.jsonl"), "--out", str(tmp_path)]) == 0
+    assert main(["eval", "score", str(out / "results.jsonl"), "--out", str(tmp_path), "--reading", "lenient"]) == 0
     again = json.loads((tmp_path / "summary.json").read_text())
     assert again["per_category"] == summary["per_category"] and again["per_type"] == summary["per_type"]
 
@@ -136,7 +157,7 @@ def test_router_accuracy_per_scale_counts_samples_routed_to_their_own_scale():
     rows = [("Indoor", "indoor"), ("Indoor", "outdoor"), ("Outdoor", "outdoor"), ("Tabletop", None)]
     samples = [sample_from_row({"predicted_answer": "A", "ground_truth": "A", "answer_type": "mc", "category": c,
                                 "original_type": "closer", "routed_expert": e}, i) for i, (c, e) in enumerate(rows)]
-    router = summarize([score_sample(s) for s in samples])["router"]
+    router = summarize([scored_row(score_sample(s)) for s in samples])["router"]
     # 3 routed samples, 2 to their own scale; Indoor 1 of 2, Outdoor 1 of 1; the unrouted one is not counted
     assert router == {"accuracy": pytest.approx(2 / 3), "count": 3,
                       "per_category": {"Indoor": 0.5, "Outdoor": 1.0}}

@@ -9,9 +9,10 @@ from pathlib import Path
 
 from rich.console import Console
 
-from spacevista.eval.report import (category_table, leaderboard_markdown, leaderboard_table, load_summary, pct,
-                                    write_outputs)
-from spacevista.eval.scoring import Malformed, ScoredSample, read_predictions, score_sample
+from spacevista.eval.official import read_lines
+from spacevista.eval.report import (DIFFERENCES, category_table, leaderboard_markdown, leaderboard_table,
+                                    load_summary, pct, write_outputs)
+from spacevista.eval.scoring import READINGS, Readings, read_results, result_row, score_sample
 from spacevista.eval.summary import summarize
 
 console = Console()
@@ -47,9 +48,13 @@ def add_subparser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentPa
 
     score = commands.add_parser("score", help="score a SpaceVista-Bench results JSONL file offline")
     score.add_argument("file", type=Path, help="one JSON object per line: predicted_answer, ground_truth, "
-                                               "answer_type, category, original_type")
+                                               "answer_type, category, original_type (or the older layout: "
+                                               "question_type, task_type)")
     score.add_argument("--out", required=True, type=Path, help="output directory")
     score.add_argument("--name", help="the run's name in tables (default: the file name)")
+    score.add_argument("--reading", choices=READINGS, default="official",
+                       help="official: the SpaceVista-Bench scorer's reading, exactly (default); lenient: ours "
+                            "(last <answer> block, units converted, choice letters and text normalised)")
     score.set_defaults(func=score_file)
 
     compare = commands.add_parser("compare", help="several runs' summaries side by side")
@@ -92,28 +97,50 @@ def run_eval(args: argparse.Namespace) -> int:
                 "experts": policy.experts, "router": options.routing, "engine": options.engine,
                 "workers": options.workers, "data": str(args.data), "records": len(records),
                 "max_tokens": options.max_tokens, "temperature": options.temperature, **stats}
-    return _report([score_sample(s) for s in samples], [], policy.name, out, run=run_info)
+    scored = [score_sample(s) for s in samples]
+    readings = read_results(list(enumerate((result_row(s) for s in scored), start=1)), lenient=scored)
+    return _report(readings, policy.name, out, run=run_info)
 
 
 def score_file(args: argparse.Namespace) -> int:
     if not args.file.is_file():
         errors.print(f"error: no file {args.file}")
         return 2
-    samples, malformed = read_predictions(args.file)
-    for bad in malformed:
-        errors.print(f"{args.file}:{bad.line}: malformed, not scored: {bad.error}")
-    return _report([score_sample(s) for s in samples], malformed, args.name or args.file.stem, args.out,
-                   source=str(args.file))
+    readings = read_results(*read_lines(args.file), reading=args.reading)
+    for bad in readings.malformed:
+        errors.print(f"{args.file}:{bad.line}: not scored: {bad.error}")
+    for row in readings.official.rows:
+        if row.note:
+            errors.print(f"{args.file}:{row.line}: scored 0: {row.note}")
+    for note in readings.official.notes:
+        errors.print(f"{args.file}: {note}")
+    if not readings.rows:
+        errors.print(f"error: {args.file}: no scorable row under the {args.reading} reading "
+                     f"({len(readings.malformed)} line(s) not scored); nothing written")
+        return 2
+    return _report(readings, args.name or args.file.stem, args.out, source=str(args.file))
 
 
-def _report(scored: list[ScoredSample], malformed: list[Malformed], name: str, out: Path, **extra: object) -> int:
-    summary = summarize(scored, malformed, name, **extra)
-    write_outputs(out, scored, summary)
+def _report(readings: Readings, name: str, out: Path, **extra: object) -> int:
+    official = readings.official
+    notes = [*({"line": s.line, "note": f"{s.error}: the official scorer would crash here"}
+               for s in official.skipped if s.crashes),
+             *({"line": r.line, "note": r.note} for r in official.rows if r.note),
+             *({"line": None, "note": note} for note in official.notes)]
+    summary = summarize(readings.rows, readings.malformed, name, readings.reading, layout=official.layout,
+                        official_notes=sorted(notes, key=lambda n: n["line"] or 0),
+                        reading_differences=len(readings.differences), **extra)
+    write_outputs(out, readings.results, summary, official.metrics, readings.differences)
     if summary["per_category"]:
         console.print(category_table(summary))
-    note = f", {len(malformed)} malformed line(s) not scored" if malformed else ""
-    console.print(f"{summary['total_count']} samples scored, overall {pct(summary['overall'])}%{note}; "
-                  f"outputs in {out}")
+    note = f", {len(readings.malformed)} line(s) not scored" if readings.malformed else ""
+    console.print(f"{summary['total_count']} samples scored ({readings.reading} reading, {official.layout} layout), "
+                  f"overall {pct(summary['overall'])}%{note}; outputs in {out}")
+    if readings.differences:
+        console.print(f"{len(readings.differences)} row(s) scored differently by the official and lenient readings: "
+                      f"{out / DIFFERENCES}")
+    if notes:
+        console.print(f"{len(notes)} place(s) where the official scorer would crash (see official_notes in summary.json)")
     return 0
 
 

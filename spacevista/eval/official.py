@@ -166,6 +166,7 @@ class OfficialRow:
     line: int
     doc: Any  # the parsed JSON value (normally an object)
     values: dict[str, float]  # bench: {"score": s}; older: {"accuracy": a} and/or {"MRA:.5:.95:.05": m}
+    # (a crashed older row of unknown question_type: {}, counted in overall_accuracy only)
     score: float  # the row's own score (older: its accuracy or MRA)
     answer: Any  # the answer as read (choice letter, number string, text); None when not read
     note: str | None = None  # set where the official scorer would crash on this row (scored 0)
@@ -223,7 +224,7 @@ def score_lines(lines: Sequence[tuple[int, Any]], skipped: Sequence[Skipped] = (
             skipped.append(Skipped(line, f"missing field {err}"))
         except Exception as err:  # noqa: BLE001 - where the official scorer raises, we note it and score 0
             note = f"the official scorer would crash here ({type(err).__name__}: {err})"
-            rows.append(OfficialRow(line, doc, {"score" if layout == "bench" else ACCURACY: 0.0}, 0.0, None, note))
+            rows.append(OfficialRow(line, doc, _crash_values(doc, layout), 0.0, None, note))
     skipped.sort(key=lambda s: s.line)
     metrics, notes = (bench_metrics if layout == "bench" else older_metrics)(rows)
     return OfficialResult(layout, rows, skipped, metrics, notes)
@@ -231,6 +232,14 @@ def score_lines(lines: Sequence[tuple[int, Any]], skipped: Sequence[Skipped] = (
 
 def score_file(path: str | Path, layout: str | None = None) -> OfficialResult:
     return score_lines(*read_lines(path), layout=layout)
+
+
+def _crash_values(doc: Any, layout: str) -> dict[str, float]:
+    """A crashed row's 0 under its own metric; an unknown question type's counts in overall_accuracy only."""
+    if layout == "bench":
+        return {"score": 0.0}
+    kind = doc.get("question_type") if isinstance(doc, dict) else None
+    return {ACCURACY: 0.0} if kind in CHOICE_TYPES else {MRA: 0.0} if kind in NUMERIC_TYPES else {}
 
 
 def _carried(doc: dict[str, Any]) -> dict[str, float]:
@@ -345,5 +354,6 @@ def older_metrics(rows: Sequence[OfficialRow]) -> tuple[dict[str, Any], list[str
                 if values:
                     output[f"{task}_{suffix}"] = mean(values)
     all_values = [r.values[m] for m in (ACCURACY, MRA) for r in rows if m in r.values]
+    all_values += [r.score for r in rows if r.note and not r.values]  # crashed, of no known type: a 0
     output["overall_accuracy"] = mean(all_values) if all_values else 0.0
     return output, notes

@@ -1,20 +1,24 @@
-"""What an evaluation leaves behind: results.jsonl, summary.json, leaderboard.md, per_scale.png, and
-the tables that put several runs side by side (Markdown and rich)."""
+"""What an evaluation leaves behind: results.jsonl, summary.json, leaderboard.md, per_scale.png,
+results_<name>_metrics.json (the official scorer's metrics), reading_differences.jsonl, and the tables
+that put several runs side by side (Markdown and rich). Every JSON file is strict (no NaN)."""
 
 from __future__ import annotations
 
 import json
+import math
+import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from rich.table import Table
 
-from spacevista.eval.scoring import ScoredSample, result_row
+from spacevista.eval.official import json_key
 from spacevista.eval.summary import METRICS
 from spacevista.scales import SCALE_SPECS
 
 RESULTS, SUMMARY, LEADERBOARD, PLOT = "results.jsonl", "summary.json", "leaderboard.md", "per_scale.png"
+DIFFERENCES = "reading_differences.jsonl"
 PAPER_CATEGORIES: tuple[str, ...] = ("TinyTabletop", "Tabletop", "Indoor", "Outdoor")  # the paper's columns
 DISPLAY: dict[str, str] = {s.bench_category: s.display for s in SCALE_SPECS}
 METRIC_LABELS: dict[str, str] = {"mc_accuracy": "MC accuracy", "num_MRA": "Numeric MRA",
@@ -23,13 +27,46 @@ METRIC_LABELS: dict[str, str] = {"mc_accuracy": "MC accuracy", "num_MRA": "Numer
 Run = tuple[str, Mapping[str, Any]]  # (label, summary)
 
 
-def write_outputs(out_dir: Path, scored: Sequence[ScoredSample], summary: Mapping[str, Any]) -> None:
-    """results.jsonl, summary.json, leaderboard.md and per_scale.png in `out_dir`."""
+def strict(value: Any) -> Any:
+    """`value` made strict JSON: a non-finite float becomes its Python spelling ("nan", "inf"), which
+    both readings read back as they read the float; dict keys become strings as json writes them."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return repr(value)
+    if isinstance(value, dict):
+        return {json_key(k): strict(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [strict(v) for v in value]
+    return value
+
+
+def dumps(value: Any, **kwargs: Any) -> str:
+    """Strict JSON; a value nested too deeply to write becomes a note saying so."""
+    try:
+        return json.dumps(strict(value), allow_nan=False, **kwargs)
+    except RecursionError:
+        return json.dumps({"unwritable": "nested too deeply to write"})
+
+
+def metrics_file(name: str) -> str:
+    """Where the official scorer would save its metrics for `results_<name>.jsonl`."""
+    return f"results_{re.sub(r'[^A-Za-z0-9._+-]', '_', name)}_metrics.json"
+
+
+def write_outputs(out_dir: Path, results: Sequence[Mapping[str, Any]], summary: Mapping[str, Any],
+                  metrics: Mapping[str, Any] | None = None, differences: Sequence[Mapping[str, Any]] = ()) -> None:
+    """results.jsonl, summary.json, leaderboard.md, per_scale.png, reading_differences.jsonl and, given
+    the official metrics, results_<name>_metrics.json in `out_dir`."""
     out_dir.mkdir(parents=True, exist_ok=True)
     with (out_dir / RESULTS).open("w", encoding="utf-8") as fh:
-        for s in scored:
-            fh.write(json.dumps(result_row(s)) + "\n")
-    (out_dir / SUMMARY).write_text(json.dumps(summary, indent=1) + "\n")
+        for row in results:
+            fh.write(dumps(row) + "\n")
+    with (out_dir / DIFFERENCES).open("w", encoding="utf-8") as fh:
+        for row in differences:
+            fh.write(dumps(row) + "\n")
+    if metrics is not None:  # as the official scorer writes it: indent 2, non-ASCII kept
+        (out_dir / metrics_file(summary.get("name") or out_dir.name)).write_text(
+            dumps(metrics, indent=2, ensure_ascii=False), encoding="utf-8", errors="backslashreplace")
+    (out_dir / SUMMARY).write_text(dumps(summary, indent=1) + "\n")
     (out_dir / LEADERBOARD).write_text(leaderboard_markdown([(summary.get("name") or out_dir.name, summary)]))
     plot_per_scale(summary, out_dir / PLOT)
 

@@ -12,19 +12,22 @@ Per answer type (the bench's `answer_type` spelling first):
 - `count` (our records' count tasks; the public bench files counting under `numerical`): the
   rewards' count component, exact up to COUNT_EXACT_MAX, MRA above.
 
-The answer is the content of the last `<answer>` block, or the whole prediction when it has none
-(the bench's rule). Pure Python: no torch, no ray.
+The answer is the content of the last `<answer>` block, or the whole prediction when it has none.
+This is the *lenient* reading (`--reading lenient`); the default is the official scorer's reading
+(eval/official.py). `read_results` reads a results file both ways and lists the rows where the two
+differ. Pure Python: no torch, no ray.
 """
 
 from __future__ import annotations
 
-import json
 import math
-from collections.abc import Iterator
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from spacevista.eval.official import (CHOICE_TYPES, NUMERIC_TYPES, OfficialResult, OfficialRow, Skipped,
+                                      classify_answer_type, read_lines, score_lines)
 from spacevista.rewards.components import ACCURACY_REWARDS, mean_relative_accuracy
 from spacevista.rewards.parse import normalise_text, parse_choice, parse_completion, parse_count, parse_quantity
 from spacevista.rewards.truth import GroundTruth
@@ -39,7 +42,9 @@ BENCH_NAME: dict[AnswerType, str] = {t: name for name, t in BENCH_ANSWER_TYPES.i
 @dataclass(frozen=True)
 class EvalSample:
     """One benchmark question with the model's raw output. `truth.unit` is None for a bare-number
-    numeric ground truth; `routed_expert` is the expert that answered (None: no expert)."""
+    numeric ground truth; `routed_expert` is the expert that answered (None: no expert). The last four
+    fields fill the bench's results layout: `original_type` is the source's task spelling (default:
+    `task`), `num_frames` the frames sent with the question."""
 
     id: str
     scale: str
@@ -48,11 +53,20 @@ class EvalSample:
     ground_truth: str  # as the benchmark states it
     prediction: str
     routed_expert: str | None = None
+    input_type: str = "image_text"
+    question: str = ""
+    original_type: str | None = None
+    num_frames: int = 0
 
     @property
     def category(self) -> str:
         """The bench's spelling of the scale ("TinyTabletop")."""
         return SCALE_BY_NAME[self.scale].bench_category
+
+    @property
+    def scale_symbol(self) -> str | None:
+        """The bench's `scale` field ("mm", "cm", "m", "<km"); None for a scale the bench lacks."""
+        return getattr(SCALE_BY_NAME[self.scale], "symbol", None)
 
 
 @dataclass(frozen=True)
@@ -119,13 +133,17 @@ def score_sample(sample: EvalSample) -> ScoredSample:
 
 # ---- the SpaceVista-Bench results layout --------------------------------------------------------
 def result_row(scored: ScoredSample) -> dict[str, Any]:
-    """One `results.jsonl` row: the bench's fields (so `eval score` reads the file back as is) plus
-    the scale, the parsed answer, the score with its reason and the routed expert."""
+    """One `results.jsonl` row: the official results layout (id .. num_frames_sent, with the official
+    `answer_type` of the ground truth), then ours: `truth_type` (the answer type our records declare,
+    which the lenient reading uses), the parsed answer, the score with its reason, the routed expert."""
     sample, truth = scored.sample, scored.sample.truth
-    row = {"id": sample.id, "category": sample.category, "scale": sample.scale, "original_type": sample.task,
-           "answer_type": BENCH_NAME[truth.type], "ground_truth": sample.ground_truth,
-           "predicted_answer": sample.prediction, "parsed_answer": scored.parsed, "score": scored.score,
-           "reason": scored.reason, "routed_expert": sample.routed_expert}
+    row = {"id": sample.id, "input_type": sample.input_type, "category": sample.category,
+           "scale": sample.scale_symbol, "original_type": sample.original_type or sample.task,
+           "question": sample.question, "ground_truth": sample.ground_truth,
+           "predicted_answer": sample.prediction, "answer_type": classify_answer_type(sample.ground_truth),
+           "num_frames_sent": sample.num_frames, "truth_type": BENCH_NAME[truth.type],
+           "parsed_answer": scored.parsed, "score": scored.score, "reason": scored.reason,
+           "routed_expert": sample.routed_expert}
     if truth.choices:
         row["choices"] = list(truth.choices)
     return row
@@ -174,16 +192,18 @@ def sample_from_row(row: dict[str, Any], line: int) -> EvalSample:
     """An EvalSample from one bench results object (raises ValueError naming what is wrong).
 
     Required: predicted_answer (string; null = no output, scores 0), ground_truth (string or
-    number), answer_type, category, original_type. Optional: id, routed_expert, choices.
+    number), answer_type, category, original_type. Optional: id, routed_expert, choices, and
+    truth_type (read instead of answer_type: `eval run` rows carry the official answer_type too).
     """
     if "predicted_answer" not in row:
         raise _LineError("missing field 'predicted_answer'")
     prediction = row["predicted_answer"]
     if prediction is not None and not isinstance(prediction, str):
         raise _LineError(f"field 'predicted_answer' must be a string or null, got {type(prediction).__name__}")
-    answer_type = BENCH_ANSWER_TYPES.get(_text(row, "answer_type"))
+    type_field = "truth_type" if isinstance(row.get("truth_type"), str) else "answer_type"
+    answer_type = BENCH_ANSWER_TYPES.get(_text(row, type_field))
     if answer_type is None:
-        raise _LineError(f"answer_type {row['answer_type']!r} is not one of {sorted(BENCH_ANSWER_TYPES)}")
+        raise _LineError(f"{type_field} {row[type_field]!r} is not one of {sorted(BENCH_ANSWER_TYPES)}")
     scale = canonical_scale(_text(row, "category"))
     if scale is None:
         raise _LineError(f"unknown category {row['category']!r}")
@@ -200,25 +220,148 @@ def sample_from_row(row: dict[str, Any], line: int) -> EvalSample:
 
 
 def read_predictions(path: str | Path) -> tuple[list[EvalSample], list[Malformed]]:
-    """Every non-blank line of a bench results JSONL file: the samples, and the lines that are not
-    (1-based line numbers, with the reason). Extra fields are ignored."""
+    """Every non-blank line of a bench results JSONL file read the lenient way: the samples, and the
+    lines that are not (1-based line numbers, with the reason). Extra fields are ignored."""
+    lines, skipped = read_lines(path)
     samples: list[EvalSample] = []
-    malformed: list[Malformed] = []
-    for line, text in _lines(Path(path)):
+    malformed = [Malformed(s.line, s.error) for s in skipped]
+    for line, row in lines:
         try:
-            row = json.loads(text)
-            if not isinstance(row, dict):
-                raise _LineError(f"a JSON {type(row).__name__}, not an object")
-            samples.append(sample_from_row(row, line))
-        except json.JSONDecodeError as err:
-            malformed.append(Malformed(line, f"invalid JSON: {err}"))
-        except _LineError as err:
+            samples.append(_lenient_sample(line, row, "bench"))
+        except ValueError as err:
             malformed.append(Malformed(line, str(err)))
-    return samples, malformed
+    return samples, sorted(malformed, key=lambda m: m.line)
 
 
-def _lines(path: Path) -> Iterator[tuple[int, str]]:
-    with path.open(encoding="utf-8") as fh:
-        for n, text in enumerate(fh, start=1):
-            if text.strip():
-                yield n, text
+def _lenient_sample(line: int, row: Any, layout: str) -> EvalSample:
+    """An older-layout row is read as a bench row: its question_type is the task, its answer type
+    follows the official question-type lists."""
+    if not isinstance(row, dict):
+        raise _LineError(f"a JSON {type(row).__name__}, not an object")
+    if layout == "older":
+        kind = row.get("question_type")
+        answer_type = "mc" if kind in CHOICE_TYPES else "numerical" if kind in NUMERIC_TYPES else str(kind)
+        row = {**row, "answer_type": answer_type, "original_type": kind}
+    return sample_from_row(row, line)
+
+
+# ---- both readings of a results file -------------------------------------------------------------
+READINGS: tuple[str, ...] = ("official", "lenient")
+
+
+@dataclass(frozen=True)
+class ScoredRow:
+    """One scored results row as summary.json aggregates it, under either reading."""
+
+    line: int
+    category: str | None  # a scale's bench spelling; None: counted in the overall score only
+    answer_type: str | None  # mc | numerical | text | count, or what the row says
+    task: Any  # the per_type key (original_type); None leaves the row out of per_type
+    score: float
+    scale: str | None = None
+    routed_expert: str | None = None
+
+
+@dataclass(frozen=True)
+class Readings:
+    """A results file read the official and the lenient way; rows, results and malformed follow
+    `reading`. `differences` lists the rows the two readings score differently (or only one scores)."""
+
+    reading: str
+    official: OfficialResult
+    rows: list[ScoredRow]
+    results: list[dict[str, Any]]
+    malformed: list[Malformed]
+    differences: list[dict[str, Any]]
+
+
+def read_results(lines: Sequence[tuple[int, Any]], skipped: Sequence[Skipped] = (), reading: str = "official",
+                 lenient: Sequence[ScoredSample | Malformed] | None = None) -> Readings:
+    """Score parsed results lines both ways. `lenient`: the lenient scores when already known (`eval run`
+    has the samples themselves), one per line; by default each line is read back with sample_from_row."""
+    if reading not in READINGS:
+        raise ValueError(f"reading {reading!r} is not one of {READINGS}")
+    official = score_lines(lines, skipped)
+    if lenient is None:
+        lenient = [_lenient_score(line, row, official.layout) for line, row in lines]
+    by_line = {r.line: r for r in official.rows}
+    dropped = {s.line: s for s in official.skipped}
+    rows, results, differences = [], [], []
+    malformed = ([Malformed(s.line, s.error + (" (the official scorer would crash here)" if s.crashes else ""))
+                  for s in official.skipped] if reading == "official" else
+                 [Malformed(s.line, s.error) for s in skipped])
+    for (line, row), other in zip(lines, lenient):
+        mine = by_line.get(line)
+        scored_leniently = isinstance(other, ScoredSample)
+        if (mine is not None) != scored_leniently or (scored_leniently and abs(mine.score - other.score) > 1e-9):
+            differences.append(_difference(line, row, mine, dropped.get(line), other))
+        if reading == "official" and mine is not None:
+            rows.append(_official_row(mine, official.layout))
+            results.append(_result(row, line, reading, mine.score, mine.answer, _reason(mine), mine, other))
+        elif reading == "lenient" and isinstance(other, ScoredSample):
+            rows.append(scored_row(other, line))
+            results.append(_result(row, line, reading, other.score, other.parsed, other.reason, mine, other))
+        elif reading == "lenient":
+            malformed.append(other)
+    return Readings(reading, official, rows, results, sorted(malformed, key=lambda m: m.line), differences)
+
+
+def scored_row(scored: ScoredSample, line: int = 0) -> ScoredRow:
+    """A lenient-reading score as summary.json aggregates it."""
+    sample = scored.sample
+    return ScoredRow(line, sample.category, BENCH_NAME[sample.truth.type], sample.task, scored.score, sample.scale,
+                     sample.routed_expert)
+
+
+def _lenient_score(line: int, row: Any, layout: str) -> ScoredSample | Malformed:
+    try:
+        return score_sample(_lenient_sample(line, row, layout))
+    except ValueError as err:
+        return Malformed(line, str(err))
+    except Exception as err:  # noqa: BLE001 - a hostile row must not stop the file; it is reported by line
+        return Malformed(line, f"not readable ({type(err).__name__}: {err})")
+
+
+def _official_row(row: OfficialRow, layout: str) -> ScoredRow:
+    doc = row.doc if isinstance(row.doc, dict) else {}
+    category = doc.get("category")
+    scale = canonical_scale(category) if isinstance(category, str) else None
+    if scale is None or SCALE_BY_NAME[scale].bench_category != category:  # the official match is exact
+        category = scale = None
+    if layout == "bench":
+        answer_type, task = doc.get("answer_type"), doc.get("original_type")
+    else:
+        task = doc.get("question_type")
+        answer_type = "mc" if task in CHOICE_TYPES else "numerical" if task in NUMERIC_TYPES else None
+    routed = doc.get("routed_expert")
+    return ScoredRow(row.line, category, answer_type if isinstance(answer_type, str) else None, task, row.score,
+                     scale, routed if isinstance(routed, str) else None)
+
+
+def _reason(row: OfficialRow) -> str:
+    if row.note:
+        return row.note
+    truth = row.doc.get("ground_truth") if isinstance(row.doc, dict) else None
+    return f"read {row.answer!r:.60} against {truth!r:.60}"
+
+
+def _result(row: Any, line: int, reading: str, score: float, parsed: Any, reason: str,
+            official: OfficialRow | None, lenient: ScoredSample | Malformed) -> dict[str, Any]:
+    """A results.jsonl row: the input row, then the chosen reading's score and both readings' scores."""
+    fields = dict(row) if isinstance(row, dict) else {}
+    fields.update({"line": line, "reading": reading, "score": score, "parsed_answer": parsed, "reason": reason,
+                   "official_score": None if official is None else official.score,
+                   "lenient_score": lenient.score if isinstance(lenient, ScoredSample) else None})
+    if official is not None and official.note:
+        fields["official_note"] = official.note
+    return fields
+
+
+def _difference(line: int, row: Any, mine: OfficialRow | None, dropped: Skipped | None,
+                other: ScoredSample | Malformed) -> dict[str, Any]:
+    official = ({"score": mine.score, "answer": mine.answer, **({"note": mine.note} if mine.note else {})}
+                if mine is not None else {"not_scored": dropped.error if dropped else "not scored"})
+    lenient = ({"score": other.score, "answer": other.parsed, "reason": other.reason}
+               if isinstance(other, ScoredSample) else {"not_scored": other.error})
+    return {"line": line, "id": row.get("id") if isinstance(row, dict) else None,
+            "official": official, "lenient": lenient}
