@@ -135,7 +135,7 @@ class LearnerCore:
             return nll, {"sft_loss": nll.item()}
 
         present = {"base"} if full else {f"expert/{e}" for e in stats["experts"]}
-        metrics = self._step(batch, loss_fn, stats, present)
+        metrics = self._step(batch, loss_fn, stats, present, scheduled=False)
         self.base_trained |= full
         return metrics
 
@@ -171,7 +171,9 @@ class LearnerCore:
                 "labelled": int(totals[n_e + 3])}
 
     def _step(self, batch: DataProto, loss_fn: Callable[[DataProto], tuple[torch.Tensor, dict[str, float]]],
-              stats: dict[str, Any], present: set[str]) -> dict[str, float]:
+              stats: dict[str, Any], present: set[str], scheduled: bool = True) -> dict[str, float]:
+        """One optimizer step over `batch`. Unscheduled steps (the SFT warm-up) run at each group's base
+        learning rate and leave the RL schedule untouched, so its warm-up and horizon start with RL."""
         start = time.perf_counter()
         train_router = self.router.classifier is not None and stats["labelled"] > 0
         micro = batch.split(self.micro_batch_size)
@@ -194,9 +196,18 @@ class LearnerCore:
                                               stats["labelled"]))
             present.add("router")
         out = self._reduce_metrics(sums, stats["batch_info"]["batch_num_tokens"])
-        out["lr"] = self.scheduler.get_last_lr()[0]
-        out.update(step_present(self.optimizer, present, self.optim_cfg.grad_clip))
-        self.scheduler.step()
+        if scheduled:
+            out["lr"] = self.scheduler.get_last_lr()[0]
+            out.update(step_present(self.optimizer, present, self.optim_cfg.grad_clip))
+            self.scheduler.step()
+        else:
+            scheduled_lrs = [group["lr"] for group in self.optimizer.param_groups]
+            for group in self.optimizer.param_groups:
+                group["lr"] = group["initial_lr"]
+            out["lr"] = self.optimizer.param_groups[0]["lr"]
+            out.update(step_present(self.optimizer, present, self.optim_cfg.grad_clip))
+            for group, lr in zip(self.optimizer.param_groups, scheduled_lrs):
+                group["lr"] = lr
         self.step += 1
         self.stepped_experts = [e for e in self.experts if f"expert/{e}" in present]
         out.update(step=self.step, experts_stepped=sum(p.startswith("expert/") for p in present),
