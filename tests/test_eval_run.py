@@ -21,7 +21,7 @@ from spacevista.eval.run import RunOptions, evaluate, read_eval_records
 from spacevista.policies.batch import collate
 from spacevista.policies.experts import write_expert_dir
 from spacevista.policies.learner import LearnerCore
-from spacevista.scales import SCALES
+from spacevista.scales import SCALES, canonical_scale
 
 FAST = ["--max-tokens", "6", "--limit", "4", "--batch-size", "2"]
 
@@ -103,7 +103,7 @@ def _run(tmp_path: Path, *args: str) -> tuple[list[dict], dict]:
 def test_label_routing_sends_each_record_to_its_scale_expert(trained, synth_root, tmp_path):
     _, checkpoint = trained
     rows, summary = _run(tmp_path, "--checkpoint", str(checkpoint), "--data", str(synth_root), "--router", "label")
-    assert len(rows) == 4 and all(r["routed_expert"] == r["scale"] for r in rows)
+    assert len(rows) == 4 and all(r["routed_expert"] == canonical_scale(r["category"]) for r in rows)
     assert all(0.0 <= r["score"] <= 1.0 for r in rows)
     assert summary["router"]["accuracy"] == 1.0 and summary["total_count"] == 4
     assert summary["run"]["router"] == "label" and summary["run"]["checkpoint"] == str(checkpoint)
@@ -119,7 +119,7 @@ def test_learned_routing_uses_the_checkpoint_router(trained, synth_root, tmp_pat
     _, checkpoint = trained
     rows, summary = _run(tmp_path, "--checkpoint", str(checkpoint), "--data", str(synth_root))
     assert summary["run"]["router"] == "learned" and all(r["routed_expert"] in SCALES for r in rows)
-    hits = [r["routed_expert"] == r["scale"] for r in rows]
+    hits = [r["routed_expert"] == canonical_scale(r["category"]) for r in rows]
     assert summary["router"]["accuracy"] == pytest.approx(sum(hits) / len(hits))
 
 

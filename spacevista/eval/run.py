@@ -19,6 +19,13 @@ import torch
 from tqdm.auto import tqdm
 
 from spacevista.configs.schema import ModelConfig, RolloutConfig
+from spacevista.data.convert import (
+    ConvertOptions,
+    Reject,
+    convert_item,
+    item_id,
+    iter_source,
+)
 from spacevista.data.frames import load_images, load_video
 from spacevista.data.io import iter_records
 from spacevista.data.schema import Record
@@ -50,11 +57,33 @@ class Generator(Protocol):
 
 def read_eval_records(path: str | Path, limit: int | None = None) -> list[Record]:
     """The first `limit` records of a parquet file or shard directory; a synthetic dataset's root
-    (manifest.json + train/ + test/, as `spacevista data synth` writes it) means its held-out test split."""
+    (manifest.json + train/ + test/, as `spacevista data synth` writes it) means its held-out test split;
+    a JSON / JSONL file is read as SpaceVista-Bench entries (or any shape `data convert` takes)."""
     path = Path(path)
+    if path.is_file() and path.suffix in (".json", ".jsonl"):
+        return read_bench_entries(path, limit)
     if (path / "manifest.json").is_file() and (path / "test").is_dir():
         path = path / "test"
     return list(islice(iter_records(path), limit))
+
+
+def read_bench_entries(path: Path, limit: int | None = None) -> list[Record]:
+    """Bench entries converted in memory (frames relative to the file's folder, visual prompts drawn
+    when decoded). An entry that cannot be converted fails the run, naming it: a benchmark score over
+    a silently smaller set would not compare with anyone's."""
+    options = ConvertOptions(media_root=path.resolve().parent, data_source="spacevista_bench", split="test")
+    records, rejects = [], []
+    for index, item in enumerate(islice(iter_source(path), limit)):
+        try:
+            if isinstance(item, Reject):
+                raise item
+            records.append(convert_item(item, index, options))
+        except Reject as reject:
+            rejects.append(f"entry {index} (id {item_id(item)!r}): {reject}")
+    if rejects:
+        shown = "; ".join(rejects[:5]) + (f"; and {len(rejects) - 5} more" if len(rejects) > 5 else "")
+        raise EvalError(f"{path}: {len(rejects)} of {len(rejects) + len(records)} entries cannot be evaluated: {shown}")
+    return records
 
 
 def evaluate(policy: EvalPolicy, records: Sequence[Record],
@@ -107,9 +136,14 @@ def _request(record: Record) -> GenerationRequest:
 
 
 def _sample(record: Record, completion: Completion, routing: str) -> EvalSample:
+    meta = record.meta
     return EvalSample(id=record.id, scale=record.scale, task=record.task,
-                      truth=parse_ground_truth(record.ground_truth_dict()), ground_truth=record.answer.text(),
-                      prediction=completion.text, routed_expert=None if routing == "none" else completion.expert)
+                      truth=parse_ground_truth(record.ground_truth_dict()),
+                      ground_truth=meta.get("source_answer") or record.answer.text(),
+                      prediction=completion.text, routed_expert=None if routing == "none" else completion.expert,
+                      input_type=meta.get("input_type") or "image_text", question=meta.get("question", ""),
+                      original_type=meta.get("source_task"),
+                      num_frames=sum(len(v) for v in record.videos) + len(record.images))
 
 
 def _route(records: Sequence[Record], requests: Sequence[GenerationRequest], policy: EvalPolicy, routing: str,
