@@ -34,7 +34,7 @@ from spacevista.curriculum import Curriculum, StageChange
 from spacevista.data.frames import load_images, load_video
 from spacevista.data.schema import Record
 from spacevista.policies.batch import TrainSample
-from spacevista.policies.objectives import compute_advantages
+from spacevista.policies.objectives import response_advantages
 from spacevista.rewards.stepwise import RewardBreakdown, aggregate_breakdowns
 from spacevista.scales import SCALES, AnswerType
 from spacevista.rollout.engine import Completion, GenerationRequest, SamplingParams
@@ -95,10 +95,10 @@ def _answer_mean(breakdowns: list[RewardBreakdown], scale: str) -> float:
 
 
 def train_samples(requests: list[GenerationRequest], records: list[Record], completions: list[Completion],
-                  advantages: torch.Tensor, n: int) -> list[TrainSample]:
+                  advantages: list[list[float]], n: int) -> list[TrainSample]:
     return [TrainSample(messages=requests[i // n].messages, images=requests[i // n].images,
                         videos=requests[i // n].videos, response_ids=c.response_ids, old_logprobs=c.logprobs,
-                        advantage=float(advantages[i]), expert=c.expert, scale_label=records[i // n].scale,
+                        advantage=advantages[i], expert=c.expert, scale_label=records[i // n].scale,
                         uid=requests[i // n].request_id, record_id=records[i // n].id)
             for i, c in enumerate(completions)]
 
@@ -172,7 +172,8 @@ def _train(cfg: TrainConfig, run_dir: Path, prep: PreparedRun, config_dict: dict
                 pending = _launch(cfg, step + 1, curriculum, sampler, prep, rollout, step - 1, expert_refs)
             scores = torch.tensor([b.total for b in breakdowns], dtype=torch.float32)
             uids = [r.request_id for r in requests for _ in range(n)]
-            advantages = compute_advantages(scores, torch.ones(len(uids), 1), uids, cfg.learner.objective)[:, 0]
+            advantages = response_advantages(scores, [len(c.response_ids) for c in completions], uids,
+                                             cfg.learner.objective)
             samples = train_samples(requests, records, completions, advantages, n)
             learn_metrics, changed = learners.rl_step(samples, version=step)
             expert_refs.update(changed)

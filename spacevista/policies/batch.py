@@ -35,7 +35,7 @@ class TrainSample:
     images: list[Image.Image] = field(default_factory=list)
     videos: list[list[Image.Image]] = field(default_factory=list)  # each video: its frames
     old_logprobs: list[float] | None = None  # sampled-token log-probs from the rollout engine
-    advantage: float = 0.0
+    advantage: float | list[float] = 0.0  # one per response token, or one for the whole response
     scale_label: str | None = None
     uid: str = ""  # prompt group id (GRPO groups by it)
     record_id: str = "?"
@@ -102,6 +102,9 @@ def collate(processor, samples: Sequence[TrainSample]) -> DataProto:
         if s.old_logprobs is not None and len(s.old_logprobs) != len(s.response_ids):
             raise ValueError(f"record {s.record_id}: {len(s.old_logprobs)} old log-probs for "
                              f"{len(s.response_ids)} response tokens")
+        if isinstance(s.advantage, (list, tuple)) and len(s.advantage) != len(s.response_ids):
+            raise ValueError(f"record {s.record_id}: {len(s.advantage)} advantages for "
+                             f"{len(s.response_ids)} response tokens")
     has_old = [s.old_logprobs is not None for s in samples]
     if any(has_old) and not all(has_old):
         raise ValueError("collate: old_logprobs must be given for all samples or none")
@@ -121,7 +124,8 @@ def collate(processor, samples: Sequence[TrainSample]) -> DataProto:
         "attention_mask": torch.cat([enc["attention_mask"], response_mask], dim=1),
         "responses": responses,
         "response_mask": response_mask,
-        "advantages": torch.tensor([s.advantage for s in samples], dtype=torch.float32)[:, None] * response_mask,
+        "advantages": _right_pad([s.advantage if isinstance(s.advantage, (list, tuple))
+                                  else [s.advantage] * len(s.response_ids) for s in samples], width, 0.0, torch.float32),
     }
     if "mm_token_type_ids" in enc:
         tensors["mm_token_type_ids"] = torch.cat([enc["mm_token_type_ids"], torch.zeros_like(responses)], dim=1)

@@ -86,6 +86,17 @@ def compute_advantages(scores: torch.Tensor, response_mask: torch.Tensor, uids: 
     return advantages
 
 
+def response_advantages(scores: torch.Tensor, lengths: Sequence[int], uids: Sequence[str],
+                        cfg: ObjectiveConfig) -> list[list[float]]:
+    """Per response token, the advantages of sequences of the given lengths (the real response
+    mask: discounting and token-level normalisation, e.g. reinforce_plus_plus, see every token)."""
+    mask = torch.zeros(len(lengths), max(lengths, default=1))
+    for i, length in enumerate(lengths):
+        mask[i, :length] = 1.0
+    advantages = compute_advantages(scores, mask, uids, cfg)
+    return [advantages[i, :length].tolist() for i, length in enumerate(lengths)]
+
+
 def policy_objective(logprobs: torch.Tensor, old_logprobs: torch.Tensor, ref_logprobs: torch.Tensor | None,
                      advantages: torch.Tensor, response_mask: torch.Tensor, cfg: ObjectiveConfig,
                      entropy: torch.Tensor | None = None, global_batch_info: dict[str, Any] | None = None
