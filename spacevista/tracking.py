@@ -20,8 +20,8 @@ console = Console(stderr=True)
 
 def reward_table(title: str, per_scale: Mapping[str, Mapping[str, float]]) -> Table:
     """Rows: scales (near -> far) and overall; columns: reward components and total."""
-    comps = sorted({c for v in per_scale.values() for c in v if c not in ("total", "count")})
-    tail = [c for c in ("total", "count") if any(c in v for v in per_scale.values())]
+    comps = sorted({c for v in per_scale.values() for c in v if c not in ("total", "samples")})
+    tail = [c for c in ("total", "samples") if any(c in v for v in per_scale.values())]
     table = Table(title=title)
     table.add_column("scale")
     for c in comps + tail:
@@ -29,7 +29,7 @@ def reward_table(title: str, per_scale: Mapping[str, Mapping[str, float]]) -> Ta
     order = [s for s in SCALES if s in per_scale] + [s for s in per_scale if s not in SCALES]
     for scale in order:
         row = per_scale[scale]
-        cells = [(str(int(row[c])) if c == "count" else f"{row[c]:.3f}") if c in row else "-" for c in comps + tail]
+        cells = [(str(int(row[c])) if c == "samples" else f"{row[c]:.3f}") if c in row else "-" for c in comps + tail]
         table.add_row(scale, *cells)
     return table
 

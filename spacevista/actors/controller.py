@@ -67,22 +67,22 @@ def score_items(records: list[Record], completions: list[Completion], n: int) ->
 
 
 def per_scale_means(breakdowns: list[RewardBreakdown], fixed: RewardWeightsConfig) -> dict[str, dict[str, float]]:
-    """{scale: {component: mean, "accuracy", "total", "fixed_total", "count"}} (+ "all").
+    """{scale: {component: mean, "accuracy", "total", "fixed_total", "samples"}} (+ "all").
 
-    `accuracy` is the answer component whatever the answer type; `total` uses the stage's weights
-    (what is optimised now); `fixed_total` re-weights the same components with the config's fixed
-    weights, so it stays comparable when the curriculum shifts weight between components.
+    `accuracy` is the mean over samples of each sample's answer component (numeric, choice, count or
+    text: the only definition of accuracy); `total` uses the stage's weights (what is optimised now);
+    `fixed_total` re-weights the same components with the config's fixed weights, so it stays
+    comparable when the curriculum shifts weight between components. `samples` counts samples (the
+    answer component of counting tasks is `count`).
     """
     table = aggregate_breakdowns(breakdowns, by="scale")
     out = {}
     for scale, row in table.items():
-        answer = [row[k] for k in ANSWER_COMPONENTS if k in row]
         means = {k: v for k, v in row.items() if k not in ("n", "errors")}
-        means["count"] = row["n"]
-        means["accuracy"] = float(np.mean(answer)) if answer else 0.0
+        means["samples"] = row["n"]
+        means["accuracy"] = _answer_mean(breakdowns, scale)
         means["fixed_total"] = ((fixed.format * means.get("format", 0.0) + fixed.scale * means.get("scale", 0.0)
-                                 + fixed.accuracy * _answer_mean(breakdowns, scale))
-                                / (fixed.format + fixed.scale + fixed.accuracy))
+                                 + fixed.accuracy * means["accuracy"]) / (fixed.format + fixed.scale + fixed.accuracy))
         out[scale] = means
     return out
 
