@@ -10,6 +10,11 @@ One RL step, top to bottom (`rl_step`):
   3. router: cross-entropy of the classifier on the prompt features captured in step 2;
   4. AdamW step on the groups present in the GLOBAL batch only (others: grads dropped), LR schedule.
 
+Memory (policies/memory.py, sharding.py): `gradient_checkpointing` recomputes each layer in backward,
+`max_tokens_per_micro_batch` > 0 cuts micro-batches by a token budget instead of `micro_batch_size`
+rows, `attn_implementation` picks the attention kernel, `mixed_precision` FSDP2's bf16 parameters
+with fp32 gradient reduction (auto: on CUDA only). Each gives the plain path's loss and gradients.
+
 Under FSDP (`fsdp=True`) the caller has initialised torch.distributed; every method that touches
 weights (steps, `expert_state_dicts`, `base_state_dict`, `state_dict`, `save_checkpoint`) is
 collective: call it on every rank. Rank-0-only results are empty on the other ranks.
@@ -28,8 +33,12 @@ import torch
 import torch.distributed as dist
 from peft.utils import get_peft_model_state_dict
 from torch import nn
-from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_optimizer_state_dict,
-                                                     set_model_state_dict, set_optimizer_state_dict)
+from torch.distributed.checkpoint.state_dict import (
+    StateDictOptions,
+    get_optimizer_state_dict,
+    set_model_state_dict,
+    set_optimizer_state_dict,
+)
 from verl import DataProto
 from verl.trainer.ppo.core_algos import agg_loss
 
@@ -37,10 +46,17 @@ from spacevista.policies import checkpoint
 from spacevista.policies.batch import TrainSample, sft_collate
 from spacevista.policies.experts import ExpertLoRAConfig, attach_experts, base_model_only, expert_parameters
 from spacevista.policies.logprobs import forward_logprobs, policy_logprobs, prompt_groups, reference_logprobs
+from spacevista.policies.memory import checkpoint_activations, token_budget_plan, trim_left_padding
 from spacevista.policies.objectives import ObjectiveConfig, policy_objective
 from spacevista.policies.optim import OptimConfig, ParamGroup, build_optimizer, build_scheduler, step_present
-from spacevista.policies.router import (RouterConfig, ScaleRouter, capture_prompt_features, feature_dim,
-                                        pool_prompt_features, vision_token_ids)
+from spacevista.policies.router import (
+    RouterConfig,
+    ScaleRouter,
+    capture_prompt_features,
+    feature_dim,
+    pool_prompt_features,
+    vision_token_ids,
+)
 from spacevista.policies.sharding import fsdp_root, gather_full_state, shard_policy
 from spacevista.policies.tiny import load_policy
 
@@ -58,12 +74,15 @@ class LearnerCore:
                  objective: ObjectiveConfig | None = None, optim: OptimConfig | None = None,
                  router: RouterConfig | None = None, micro_batch_size: int = 8, fsdp: bool = False,
                  device: str = "cpu", sft_full_params: bool = False, temperature: float = 1.0,
-                 seed: int = 0, share_prompts: bool = True) -> None:
+                 seed: int = 0, share_prompts: bool = True, gradient_checkpointing: bool = False,
+                 max_tokens_per_micro_batch: int = 0, attn_implementation: str = "sdpa",
+                 mixed_precision: str = "auto") -> None:
         self.experts = list(experts)
         self.objective = objective or ObjectiveConfig()
         self.optim_cfg = optim or OptimConfig()
         self.micro_batch_size = micro_batch_size
         self.share_prompts = share_prompts
+        self.max_tokens = max_tokens_per_micro_batch  # 0: fixed micro_batch_size rows
         self.temperature = temperature
         self.sft_full_params = sft_full_params
         self.device = torch.device(device)
@@ -73,11 +92,13 @@ class LearnerCore:
         self.stepped_experts: list[str] = []  # experts the last step moved (present in the global batch)
 
         torch.manual_seed(seed)  # same LoRA / router init on every rank
-        base, self.processor = load_policy(model_path, device=device)
+        base, self.processor = load_policy(model_path, device=device, attn_implementation=attn_implementation)
         self.model = attach_experts(base, self.experts, lora)
         self.router = ScaleRouter(self.experts, feature_dim(self.model), router).to(self.device)
+        if gradient_checkpointing:
+            checkpoint_activations(self.model)
         if fsdp:
-            shard_policy(self.model, self.device.type)
+            shard_policy(self.model, self.device.type, mixed_precision)
         self._vision_ids = vision_token_ids(self.model)
         self._state_modules = nn.ModuleDict({"policy": self.model, "router": self.router})  # for optimizer state dicts
 
@@ -103,7 +124,7 @@ class LearnerCore:
         cfg = self.objective
         temperature = float(batch.meta_info.get("temperature", self.temperature))
         self._set_trainable(base=False)
-        stats = self._global_stats(batch)
+        stats = self._global_stats(batch, self.share_prompts)
 
         def loss_fn(mb: DataProto) -> tuple[torch.Tensor, dict[str, float]]:
             share = self.share_prompts
@@ -124,7 +145,7 @@ class LearnerCore:
         batch = sft_collate(self.processor, samples, targets)
         full = self.sft_full_params
         self._set_trainable(base=full)
-        stats = self._global_stats(batch)
+        stats = self._global_stats(batch, shared=False)
 
         def loss_fn(mb: DataProto) -> tuple[torch.Tensor, dict[str, float]]:
             with base_model_only(self.model) if full else nullcontext():
@@ -144,13 +165,15 @@ class LearnerCore:
         for name, param in self.model.named_parameters():
             param.requires_grad_(not base if is_lora(name) else base)
 
-    def _global_stats(self, batch: DataProto) -> dict[str, Any]:
-        """One all-gather: experts present anywhere, global token/sequence/label counts."""
+    def _global_stats(self, batch: DataProto, shared: bool) -> dict[str, Any]:
+        """One all-gather: experts present anywhere, global token/sequence/label counts, micro-batch
+        count (token budget: the largest any rank needs; `shared`: a prompt's rows stay together)."""
         local_experts = set(batch.non_tensor_batch["expert"])
         unknown = local_experts - set(self.experts)
         if unknown:
             raise KeyError(f"batch routes to unknown experts {sorted(unknown)}; learner has {self.experts}")
-        n_micro = -(-len(batch) // self.micro_batch_size)
+        n_micro = (len(token_budget_plan(batch, self.max_tokens, shared)) if self.max_tokens
+                   else -(-len(batch) // self.micro_batch_size))
         labelled = int((self.router.label_index(list(batch.non_tensor_batch["scale_label"])) >= 0).sum())
         local = torch.tensor([float(e in local_experts) for e in self.experts]
                              + [batch.batch["response_mask"].sum().item(), len(batch), n_micro, labelled],
@@ -161,14 +184,21 @@ class LearnerCore:
             dist.all_gather(parts, local)
             table = torch.stack(parts)
         n_e = len(self.experts)
-        if (table[:, n_e + 2] != table[0, n_e + 2]).any():
+        if not self.max_tokens and (table[:, n_e + 2] != table[0, n_e + 2]).any():
             raise ValueError(f"ranks hold different micro-batch counts {table[:, n_e + 2].tolist()}: "
                              f"give every rank the same number of micro-batches of samples")
         totals = table.sum(0)
         return {"experts": [e for i, e in enumerate(self.experts) if table[:, i].any()],
                 "batch_info": {"dp_size": self.world, "batch_num_tokens": int(totals[n_e]),
                                "global_batch_size": int(totals[n_e + 1])},
-                "labelled": int(totals[n_e + 3])}
+                "labelled": int(totals[n_e + 3]), "n_micro": int(table[:, n_e + 2].max()), "shared": shared}
+
+    def _micro_batches(self, batch: DataProto, stats: dict[str, Any]) -> list[DataProto]:
+        """Fixed rows per micro-batch, or `stats['n_micro']` token-balanced ones (left padding trimmed)."""
+        if not self.max_tokens:
+            return batch.split(self.micro_batch_size)
+        plan = token_budget_plan(batch, self.max_tokens, stats["shared"], count=stats["n_micro"])
+        return [trim_left_padding(batch.select_idxs(rows)) for rows in plan]
 
     def _step(self, batch: DataProto, loss_fn: Callable[[DataProto], tuple[torch.Tensor, dict[str, float]]],
               stats: dict[str, Any], present: set[str], scheduled: bool = True) -> dict[str, float]:
@@ -176,7 +206,7 @@ class LearnerCore:
         learning rate and leave the RL schedule untouched, so its warm-up and horizon start with RL."""
         start = time.perf_counter()
         train_router = self.router.classifier is not None and stats["labelled"] > 0
-        micro = batch.split(self.micro_batch_size)
+        micro = self._micro_batches(batch, stats)
         root = fsdp_root(self.model)
         sums: dict[str, float] = defaultdict(float)
         features = []
@@ -192,8 +222,8 @@ class LearnerCore:
             if train_router:
                 features.append(self._prompt_features(mb, capture.embeds))
         if train_router:
-            sums.update(self._router_backward(torch.cat(features), list(batch.non_tensor_batch["scale_label"]),
-                                              stats["labelled"]))
+            labels = [label for mb in micro for label in mb.non_tensor_batch["scale_label"]]  # micro-batch order
+            sums.update(self._router_backward(torch.cat(features), labels, stats["labelled"]))
             present.add("router")
         out = self._reduce_metrics(sums, stats["batch_info"]["batch_num_tokens"])
         if scheduled:
@@ -307,7 +337,8 @@ class LearnerCore:
         self.base_trained = meta["base_trained"]
         checkpoint.set_rng_state(meta["rng"])  # rank 0's streams on every rank
 
-    def _load_optimizer_state(self, optimizer_state: dict[str, Any], saved: set[str], options: StateDictOptions) -> None:
+    def _load_optimizer_state(self, optimizer_state: dict[str, Any], saved: set[str],
+                              options: StateDictOptions) -> None:
         """Load the optimizer state exactly as saved. torch's `set_optimizer_state_dict` first gives
         every trainable parameter a state by a zero-gradient step (step=1, zero moments) and loads only
         into trainable parameters: so make every optimized parameter trainable while loading, then drop

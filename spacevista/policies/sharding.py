@@ -52,18 +52,30 @@ class _VisionCallEqualizer:
         return args, kwargs
 
 
-def shard_policy(model: PeftModel, device_type: str) -> DeviceMesh:
+MIXED_PRECISION = ("auto", "bf16", "fp32")
+
+
+def mixed_precision_policy(device_type: str, mode: str = "auto") -> MixedPrecisionPolicy:
+    """FSDP2 precision: `bf16` = bf16 parameters in forward/backward, fp32 gradient reduction (the
+    sharded master weights and AdamW stay fp32); `fp32` = none; `auto` = bf16 on CUDA, fp32 elsewhere
+    (bf16 is slower on CPUs without AMX and changes the numerics the CPU tests compare)."""
+    if mode not in MIXED_PRECISION:
+        raise ValueError(f"mixed_precision={mode!r}: choose from {MIXED_PRECISION}")
+    if mode == "bf16" or (mode == "auto" and device_type == "cuda"):
+        return MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
+    return MixedPrecisionPolicy()
+
+
+def shard_policy(model: PeftModel, device_type: str, mixed_precision: str = "auto") -> DeviceMesh:
     """Apply FSDP2 in place over all ranks of the default process group; returns the mesh.
 
-    bf16 compute with fp32 gradient reduction on CUDA; plain fp32 elsewhere (bf16 is slower on
-    CPUs without AMX and changes numerics the CPU tests compare).
+    Precision per `mixed_precision_policy(device_type, mixed_precision)`.
     """
     if not dist.is_initialized():
         raise RuntimeError("fsdp=True needs torch.distributed initialised (gloo on CPU, nccl on GPU)")
     hf_model = model.get_base_model()
     mesh = init_device_mesh(device_type, (dist.get_world_size(),))
-    policy = (MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
-              if device_type == "cuda" else MixedPrecisionPolicy())
+    policy = mixed_precision_policy(device_type, mixed_precision)
     for layer in hf_model.model.language_model.layers:
         fully_shard(layer, mesh=mesh, mp_policy=policy)
     for block in hf_model.model.visual.blocks:

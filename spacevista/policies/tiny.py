@@ -182,8 +182,31 @@ def build_tiny_policy(cache_dir: str | os.PathLike, corpus: Iterable[str],
     return target
 
 
-def load_policy(path: str | os.PathLike, dtype: torch.dtype = torch.float32, device: str = "cpu"):
-    """Load (model, processor) from a local Hugging Face directory: tiny or real, same path."""
+ATTENTION_IMPLEMENTATIONS = ("sdpa", "eager", "flash_attention_2", "auto")
+
+
+def resolve_attn_implementation(name: str, device: str) -> str:
+    """The attention kernel to load: `auto` is flash_attention_2 on CUDA when flash-attn is
+    installed, else sdpa; flash_attention_2 asked for where it cannot run fails here, naming why."""
+    import importlib.util
+
+    if name not in ATTENTION_IMPLEMENTATIONS:
+        raise ValueError(f"attn_implementation={name!r}: choose from {ATTENTION_IMPLEMENTATIONS}")
+    flash_ok = importlib.util.find_spec("flash_attn") is not None and str(device).startswith("cuda")
+    if name == "auto":
+        return "flash_attention_2" if flash_ok else "sdpa"
+    if name == "flash_attention_2" and not flash_ok:
+        raise ValueError("attn_implementation=flash_attention_2 needs CUDA and the flash-attn package "
+                         f"(device {device!r}); use sdpa or auto")
+    return name
+
+
+def load_policy(path: str | os.PathLike, dtype: torch.dtype = torch.float32, device: str = "cpu",
+                attn_implementation: str = "sdpa"):
+    """Load (model, processor) from a local Hugging Face directory: tiny or real, same path.
+
+    `attn_implementation` (sdpa | eager | flash_attention_2 | auto) applies to the text and vision towers.
+    """
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
     path = Path(path)
@@ -191,6 +214,7 @@ def load_policy(path: str | os.PathLike, dtype: torch.dtype = torch.float32, dev
         raise FileNotFoundError(f"no model at {path} (expected a Hugging Face directory with config.json)")
     processor = AutoProcessor.from_pretrained(path)
     processor.tokenizer.padding_side = "left"
-    model = AutoModelForImageTextToText.from_pretrained(path, dtype=dtype).to(device)
+    model = AutoModelForImageTextToText.from_pretrained(
+        path, dtype=dtype, attn_implementation=resolve_attn_implementation(attn_implementation, device)).to(device)
     model.eval()
     return model, processor
