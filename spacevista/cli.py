@@ -1,4 +1,4 @@
-"""`spacevista` command line: train | eval | submit | jobs | data | rewards.
+"""`spacevista` command line: train | eval | submit | jobs | plan | data | rewards.
 
 `train` hands its arguments to Hydra (overrides, `-m` multiruns, `--cfg job`); the other
 subcommands are argparse. Heavy imports happen inside each subcommand, so `--help` is instant.
@@ -25,6 +25,8 @@ def _parser() -> argparse.ArgumentParser:
     from spacevista.cluster.submit import add_jobs_subparser, add_submit_subparser
     add_submit_subparser(sub)
     add_jobs_subparser(sub)
+    from spacevista.cluster.plan_cli import add_subparser as add_plan
+    add_plan(sub)
     return parser
 
 

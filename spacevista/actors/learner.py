@@ -60,7 +60,9 @@ class LearnerWorker:
             self.model_path, cfg.model.experts, lora=cfg.model.lora, objective=cfg.learner.objective,
             optim=dataclasses.replace(cfg.learner.optim, total_steps=cfg.steps), router=cfg.learner.router,
             micro_batch_size=cfg.learner.micro_batch_size, fsdp=cfg.learner.fsdp, device=device,
-            share_prompts=cfg.learner.share_prompts,
+            share_prompts=cfg.learner.share_prompts, gradient_checkpointing=cfg.learner.gradient_checkpointing,
+            max_tokens_per_micro_batch=cfg.learner.max_tokens_per_micro_batch,
+            attn_implementation=cfg.model.attn_implementation, mixed_precision=cfg.learner.mixed_precision,
             sft_full_params=cfg.learner.sft.full_params, temperature=cfg.rollout.temperature, seed=cfg.seed)
         return self.rank
 

@@ -29,6 +29,8 @@ class ModelConfig:
         hidden_size=256, num_layers=4, intermediate_size=512))  # the embedded default's ~3.8 M parameters
     lora: ExpertLoRAConfig = field(default_factory=ExpertLoRAConfig)
     experts: list[str] = field(default_factory=lambda: list(SCALES))
+    # attention kernel of the learner: auto = flash_attention_2 on CUDA when flash-attn is installed, else sdpa
+    attn_implementation: str = "sdpa"  # sdpa | eager | flash_attention_2 | auto
 
 
 @dataclass
@@ -58,6 +60,12 @@ class RolloutConfig:
     max_tokens: int = 32
     max_model_len: int = 2048
     max_batch_size: int = 64
+    # vLLM engine (rollout.engine=vllm); the GPU-only ones are not passed on a CPU build
+    gpu_memory_utilization: float = 0.9  # share of each GPU for weights + KV cache
+    tensor_parallel_size: int = 1  # GPUs per engine (give the rollout role as many num_gpus)
+    max_num_seqs: int = 256  # sequences in flight per engine step
+    enforce_eager: Optional[bool] = None  # None: eager on CPU, CUDA graphs on GPU
+    enable_prefix_caching: bool = True  # the n samples of a prompt reuse its KV blocks (and vision encoding)
 
 
 @dataclass
@@ -97,6 +105,9 @@ class LearnerConfig:
     micro_batch_size: int = 16
     fsdp: bool = True  # FSDP2 across learner ranks (gloo on CPU, NCCL on GPU)
     share_prompts: bool = True  # compute each prompt once for its n samples (same result, fewer FLOPs)
+    gradient_checkpointing: bool = False  # recompute each layer in backward: keep one layer's activations, not all
+    max_tokens_per_micro_batch: int = 0  # > 0: micro-batches by a token budget, not micro_batch_size rows
+    mixed_precision: str = "auto"  # FSDP2: auto (bf16 params + fp32 reduce on CUDA, fp32 elsewhere) | bf16 | fp32
 
 
 @dataclass
@@ -137,6 +148,7 @@ class ClusterConfig:
     dashboard: bool = False  # local Ray only: start the dashboard (and its metrics endpoint)
     temp_dir: str = ""  # local Ray only: its session directory ("" = Ray's default)
     metrics_prefix: str = "spacevista"
+    gpu_memory_gib: float = 80.0  # per GPU: what `spacevista plan` and the pre-start check fit into
 
 
 @dataclass

@@ -26,5 +26,8 @@ def make_engine(rollout: RolloutConfig, model_path: str, model: ModelConfig) -> 
         from spacevista.rollout.vllm_engine import VLLMEngine
 
         return VLLMEngine(model_path, model.experts, model.lora, max_model_len=rollout.max_model_len,
-                          dtype=model.dtype)
+                          dtype=model.dtype, max_num_seqs=rollout.max_num_seqs,
+                          gpu_memory_utilization=rollout.gpu_memory_utilization,
+                          tensor_parallel_size=rollout.tensor_parallel_size, enforce_eager=rollout.enforce_eager,
+                          enable_prefix_caching=rollout.enable_prefix_caching)
     raise ValueError(f"rollout.engine: {rollout.engine!r} is not one of hf, vllm")

@@ -43,15 +43,37 @@ def import_vllm():
     return vllm
 
 
+def engine_args(*, on_gpu: bool, max_model_len: int, max_num_seqs: int, gpu_memory_utilization: float = 0.9,
+                tensor_parallel_size: int = 1, enforce_eager: bool | None = None,
+                enable_prefix_caching: bool = True) -> dict[str, Any]:
+    """The `vllm.LLM` settings that depend on the device.
+
+    On a GPU: CUDA graphs (eager off unless asked), `gpu_memory_utilization` of each card for weights
+    and KV cache, `tensor_parallel_size` cards per engine. On the CPU build those two mean nothing
+    (its KV cache is VLLM_CPU_KVCACHE_SPACE) and eager is the default. Prefix caching lets the n
+    samples of a prompt (and a prompt seen again) reuse its KV blocks.
+    """
+    args: dict[str, Any] = dict(max_model_len=max_model_len, max_num_seqs=max_num_seqs,
+                                enforce_eager=(not on_gpu) if enforce_eager is None else enforce_eager,
+                                enable_prefix_caching=enable_prefix_caching)
+    if on_gpu:
+        args.update(gpu_memory_utilization=gpu_memory_utilization, tensor_parallel_size=tensor_parallel_size)
+    elif tensor_parallel_size != 1:
+        raise ValueError(f"rollout.tensor_parallel_size={tensor_parallel_size}: tensor parallelism needs GPUs")
+    return args
+
+
 class VLLMEngine:
     """Rollout with vLLM multi-LoRA; see `Engine` for the contract.
 
-    `llm_kwargs` go to `vllm.LLM` unchanged (e.g. `gpu_memory_utilization`, `tensor_parallel_size`).
+    Device settings as `engine_args` says; other `llm_kwargs` go to `vllm.LLM` unchanged.
     """
 
     def __init__(self, model_path: str | os.PathLike, expert_names: Sequence[str],
                  lora: ExpertLoRAConfig | None = None, max_model_len: int = 4096, max_num_seqs: int = 256,
-                 dtype: str = "float32", seed: int = 0, **llm_kwargs: Any):
+                 dtype: str = "float32", seed: int = 0, gpu_memory_utilization: float = 0.9,
+                 tensor_parallel_size: int = 1, enforce_eager: bool | None = None,
+                 enable_prefix_caching: bool = True, **llm_kwargs: Any):
         vllm = import_vllm()
         from transformers import AutoConfig, AutoProcessor
 
@@ -68,11 +90,14 @@ class VLLMEngine:
         self._version = 0
         self._lock = threading.Lock()
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")  # GiB; the CPU build's default is far larger
+        device_args = engine_args(on_gpu=torch.cuda.is_available(), max_model_len=max_model_len,
+                                  max_num_seqs=max_num_seqs, gpu_memory_utilization=gpu_memory_utilization,
+                                  tensor_parallel_size=tensor_parallel_size, enforce_eager=enforce_eager,
+                                  enable_prefix_caching=enable_prefix_caching)
         self.llm = vllm.LLM(
             model=str(model_path), enable_lora=True, max_loras=len(self._experts),
-            max_cpu_loras=2 * len(self._experts), max_lora_rank=self._lora.rank, dtype=dtype,
-            enforce_eager=True, max_model_len=max_model_len, max_num_seqs=max_num_seqs, seed=seed,
-            logprobs_mode="processed_logprobs", **llm_kwargs)
+            max_cpu_loras=2 * len(self._experts), max_lora_rank=self._lora.rank, dtype=dtype, seed=seed,
+            logprobs_mode="processed_logprobs", **device_args, **llm_kwargs)
         self._install(self._initial_experts(model_path), version=0)
 
     def _initial_experts(self, model_path) -> dict[str, dict[str, torch.Tensor]]:
