@@ -152,7 +152,7 @@ def test_plugin_receives_the_verl_arguments():
         seen.append((data_source, solution_str, ground_truth, extra_info))
         return 1.0
 
-    pipeline_with(spy).score_batch([(RECORD, GOOD, "src", {"index": 7})])
+    pipeline_with(spy, isolate_plugins=False).score_batch([(RECORD, GOOD, "src", {"index": 7})])  # seen in-process
     assert seen == [("src", GOOD, RECORD, {"index": 7})]
 
 

@@ -2,18 +2,24 @@
 
 total = (W * main + sum_p w_p * plugin_p) / (W + sum_p w_p), where `main` is the stepwise total (or
 the named reward's score) and W the sum of the stepwise weights (1 for a named reward).
+
+Plugins are user code: each runs in its own process (`isolation.IsolatedReward`) with a deadline per
+call; a call that times out, raises, exits or crashes scores 0 there, is counted per plugin
+(`error_counts`, `plugin_errors(breakdowns)`), and its captured output (capped) goes to stderr.
 """
 
 from __future__ import annotations
 
 import math
+import sys
 from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
 
 from spacevista.rewards.components import COUNT_EXACT_MAX
-from spacevista.rewards.registry import RewardFn, call_reward, load_reward
+from spacevista.rewards.isolation import IsolatedReward, PluginResult
+from spacevista.rewards.registry import call_reward, load_reward
 from spacevista.rewards.stepwise import (
     RewardBreakdown,
     RewardWeights,
@@ -50,6 +56,10 @@ class RewardConfig:
     neighbour_scale_credit: float = 0.0
     count_exact_max: int = COUNT_EXACT_MAX
     plugins: tuple[PluginSpec, ...] = ()
+    plugin_timeout_s: float = 10.0  # deadline of one plugin call
+    plugin_output_bytes: int = 4096  # captured stdout/stderr kept per call (printed when the call fails)
+    isolate_plugins: bool = True  # False: call plugins in this process (trusted code; no deadline)
+    warn_error_rate: float = 0.5  # warn on stderr when a plugin fails on more of a batch than this
 
     @classmethod
     def from_dict(cls, raw: Mapping[str, Any]) -> RewardConfig:
@@ -69,14 +79,31 @@ class RewardConfig:
 @dataclass(frozen=True, slots=True)
 class _Plugin:
     name: str
-    fn: RewardFn
+    call: IsolatedReward | _InProcess
     weight: float
+
+
+@dataclass(frozen=True, slots=True)
+class _InProcess:
+    """A trusted reward called directly (same result type as IsolatedReward, no deadline)."""
+
+    fn: Any
+
+    def __call__(self, *args: Any) -> PluginResult:
+        return PluginResult(*call_reward(self.fn, *args))
+
+    def close(self) -> None:
+        pass
+
+
+CONSECUTIVE_TIMEOUTS = 3  # a plugin timing out this often in a row is skipped for the rest of the batch
+PRINTED_FAILURES = 3  # failing calls per plugin and batch whose captured output is printed
 
 
 class RewardPipeline:
     """Scores batches of (ground truth, completion, data_source, extra_info). Plugins are loaded at
-    construction (a bad spec raises PluginLoadError); a plugin failing on a sample scores 0 there,
-    sets the breakdown's `error` and is counted in `error_counts`."""
+    construction (a bad spec raises PluginLoadError); a plugin failing on a sample (error, timeout,
+    exit) scores 0 there, sets the breakdown's `error` and is counted in `error_counts`."""
 
     def __init__(self, config: RewardConfig | Mapping[str, Any] = RewardConfig()) -> None:
         if not isinstance(config, RewardConfig):
@@ -85,18 +112,24 @@ class RewardPipeline:
         self.stepwise = StepwiseReward(config.weights, config.neighbour_scale_credit, config.count_exact_max)
         self.main: _Plugin | None = None
         if config.reward != STEPWISE:
-            name, fn = load_reward(config.reward)
-            self.main = _Plugin(name, fn, 1.0)
+            self.main = _load_plugin(PluginSpec(config.reward), config)
         taken = set(RESERVED_NAMES | {self.main.name if self.main else STEPWISE})
         plugins = []
         for spec in config.plugins:
-            plugin = _load_plugin(spec)
+            plugin = _load_plugin(spec, config)
             if plugin.name in taken:
                 raise ValueError(f"plugin {spec.spec!r}: component name {plugin.name!r} is taken; give it a name")
             taken.add(plugin.name)
             plugins.append(plugin)
         self.plugins = tuple(plugins)
         self.error_counts: Counter[str] = Counter()
+        self._batch_errors: Counter[str] = Counter()
+        self._timeouts_in_a_row: Counter[str] = Counter()
+
+    def close(self) -> None:
+        """Stop the plugins' processes (they also stop when this process exits)."""
+        for plugin in (*self.plugins, *([self.main] if self.main else [])):
+            plugin.call.close()
 
     def set_weights(self, weights: RewardWeights | Mapping[str, Any]) -> None:
         """Use these stepwise weights and gates from the next sample on (per curriculum stage)."""
@@ -108,12 +141,21 @@ class RewardPipeline:
         breakdowns: list[RewardBreakdown] = []
         previous_raw: Any = _UNSET
         truth: GroundTruth | GroundTruthError = GroundTruthError("unset")
+        self._batch_errors.clear()
+        self._timeouts_in_a_row.clear()
         for raw, completion, data_source, extra_info in items:
             if raw is not previous_raw and raw != previous_raw:
                 truth = _parse_or_error(raw)
                 previous_raw = raw
             breakdowns.append(self._score(truth, raw, completion, data_source, extra_info))
+        self._warn(len(breakdowns))
         return breakdowns
+
+    def _warn(self, n: int) -> None:
+        for name, errors in self._batch_errors.items():
+            if n and errors / n > self.config.warn_error_rate:
+                print(f"warning: reward plugin {name!r} failed on {errors} of {n} samples in this batch "
+                      f"(scored 0 there)", file=sys.stderr, flush=True)
 
     def _score(self, truth: GroundTruth | GroundTruthError, raw: Any, completion: str, data_source: str,
                extra_info: dict[str, Any] | None) -> RewardBreakdown:
@@ -138,24 +180,47 @@ class RewardPipeline:
 
     def _run_plugin(self, plugin: _Plugin, breakdown: RewardBreakdown, raw: Any, completion: str,
                     data_source: str, extra_info: dict[str, Any] | None) -> float:
-        score, error = call_reward(plugin.fn, data_source, completion, raw, extra_info)
-        breakdown.components[plugin.name] = score
-        breakdown.reasons[plugin.name] = error or "ok"
-        if error is not None:
+        if self._timeouts_in_a_row[plugin.name] >= CONSECUTIVE_TIMEOUTS:
+            result = PluginResult(0.0, f"skipped: timed out {CONSECUTIVE_TIMEOUTS} times in a row in this batch")
+        else:
+            result = plugin.call(data_source, completion, raw, extra_info)
+            timed_out = result.error is not None and result.error.startswith("timed out")
+            self._timeouts_in_a_row[plugin.name] = self._timeouts_in_a_row[plugin.name] + 1 if timed_out else 0
+        breakdown.components[plugin.name] = result.score
+        breakdown.reasons[plugin.name] = result.error or "ok"
+        if result.error is not None:
             self.error_counts[plugin.name] += 1
-            message = f"plugin {plugin.name!r} {error}"
+            self._batch_errors[plugin.name] += 1
+            message = f"plugin {plugin.name!r} {result.error}"
             breakdown.error = message if breakdown.error is None else f"{breakdown.error}; {message}"
-        return score
+            if result.output and self._batch_errors[plugin.name] <= PRINTED_FAILURES:
+                print(f"reward plugin {plugin.name!r} {result.error}; its output:\n{result.output}",
+                      file=sys.stderr, flush=True)
+        return result.score
 
 
 _UNSET = object()
 
 
-def _load_plugin(plugin: PluginSpec) -> _Plugin:
+def _load_plugin(plugin: PluginSpec, config: RewardConfig) -> _Plugin:
     if not (isinstance(plugin.weight, (int, float)) and math.isfinite(plugin.weight) and plugin.weight >= 0):
         raise ValueError(f"plugin {plugin.spec!r}: weight must be a finite number >= 0, got {plugin.weight!r}")
     name, fn = load_reward(plugin.spec)
-    return _Plugin(plugin.name or name, fn, plugin.weight)
+    name = plugin.name or name
+    trusted = getattr(fn, "__module__", "").startswith("spacevista.rewards.")  # our built-ins
+    call = (_InProcess(fn) if trusted or not config.isolate_plugins
+            else IsolatedReward(name, fn, config.plugin_timeout_s, config.plugin_output_bytes))
+    return _Plugin(name, call, plugin.weight)
+
+
+def plugin_errors(breakdowns: Iterable[RewardBreakdown]) -> dict[str, int]:
+    """{plugin name: samples where it failed} over `breakdowns` (0 for plugins that never failed):
+    what the controller logs as `reward/plugin_errors/<name>`."""
+    counts: Counter[str] = Counter()
+    for b in breakdowns:
+        for name in b.components.keys() - RESERVED_NAMES:
+            counts[name] += b.reasons.get(name, "ok") != "ok"
+    return dict(counts)
 
 
 def _parse_or_error(raw: Any) -> GroundTruth | GroundTruthError:
