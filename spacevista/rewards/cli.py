@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Iterator
 from itertools import islice
 from pathlib import Path
 from typing import IO, Any
@@ -27,6 +28,8 @@ from spacevista.rewards.stepwise import (
 from spacevista.scales import SCALES, AnswerType
 
 CHUNK_LINES = 1024  # lines scored per score_batch call
+MAX_LINE_BYTES = 16 << 20  # a longer line is rejected (and skipped without holding it in memory)
+EXIT_NOTHING_SCORED = 2
 
 
 def add_subparser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -72,19 +75,43 @@ def score_file(args: argparse.Namespace) -> int:
         errors.print(f"error: {err}")
         return 2
     breakdowns: list[RewardBreakdown] = []
-    with args.file.open(encoding="utf-8") as source, args.out.open("w", encoding="utf-8") as out:
-        lines = ((n, line) for n, line in enumerate(source, start=1) if line.strip())
-        while chunk := list(islice(lines, CHUNK_LINES)):
-            breakdowns += _score_chunk(pipeline, chunk, out, errors)
+    try:
+        with args.file.open("rb") as source, args.out.open("w", encoding="utf-8") as out:
+            lines = (item for item in _read_lines(source) if not isinstance(item[1], str) or item[1].strip())
+            while chunk := list(islice(lines, CHUNK_LINES)):
+                breakdowns += _score_chunk(pipeline, chunk, out, errors)
+    finally:
+        pipeline.close()
     Console().print(_summary_table(breakdowns, pipeline))
     bad = sum(b.error is not None for b in breakdowns)
+    unread = sum(b.error is not None and b.scale is None and not b.components for b in breakdowns)
     Console().print(f"scored {len(breakdowns)} lines into {args.out}" + (f", {bad} with errors" if bad else ""))
+    if len(breakdowns) == unread:
+        errors.print(f"error: no line of {args.file} could be scored")
+        return EXIT_NOTHING_SCORED
     return 0
 
 
-def _score_chunk(pipeline: RewardPipeline, chunk: list[tuple[int, str]], out: IO[str],
+def _read_lines(source: IO[bytes]) -> Iterator[tuple[int, str | Exception]]:
+    """(line number, text) per line; (line number, the reason) for a line that is too long or not UTF-8."""
+    n = 0
+    while raw := source.readline(MAX_LINE_BYTES + 1):
+        n += 1
+        if len(raw) > MAX_LINE_BYTES and not raw.endswith(b"\n"):
+            while (rest := source.readline(1 << 20)) and not rest.endswith(b"\n"):
+                pass  # skip the remainder of the long line
+            yield n, ValueError(f"line longer than {MAX_LINE_BYTES} bytes")
+            continue
+        try:
+            yield n, raw.decode("utf-8")
+        except UnicodeDecodeError as err:
+            yield n, ValueError(f"not UTF-8 (byte {err.start}: {err.reason})")
+
+
+def _score_chunk(pipeline: RewardPipeline, chunk: list[tuple[int, str | Exception]], out: IO[str],
                  errors: Console) -> list[RewardBreakdown]:
-    rows: list[tuple[int, dict[str, Any], str | None]] = [(n, *_read_row(line)) for n, line in chunk]
+    rows: list[tuple[int, dict[str, Any], str | None]] = [
+        (n, {}, str(line)) if isinstance(line, Exception) else (n, *_read_row(line)) for n, line in chunk]
     scored = iter(pipeline.score_batch((row["record"], row["completion"], "", None)
                                        for _, row, error in rows if error is None))
     breakdowns = []
@@ -95,7 +122,11 @@ def _score_chunk(pipeline: RewardPipeline, chunk: list[tuple[int, str]], out: IO
         row.update(score=breakdown.total, breakdown=breakdown.components, reasons=breakdown.reasons)
         if breakdown.error is not None:
             row.update(line=n, error=breakdown.error)
-        out.write(json.dumps(row) + "\n")
+        try:
+            text = json.dumps(row, allow_nan=False)
+        except (ValueError, TypeError, RecursionError) as err:  # strict JSON out, whatever came in
+            text = json.dumps({"line": n, "score": 0.0, "error": f"row cannot be written as JSON: {err}"})
+        out.write(text + "\n")
         breakdowns.append(breakdown)
     return breakdowns
 
@@ -103,9 +134,11 @@ def _score_chunk(pipeline: RewardPipeline, chunk: list[tuple[int, str]], out: IO
 def _read_row(line: str) -> tuple[dict[str, Any], str | None]:
     """(row, None) for a usable line, else (what could be read, the reason)."""
     try:
-        row = json.loads(line)
-    except json.JSONDecodeError as err:
+        row = json.loads(line, parse_constant=_reject_constant)
+    except (json.JSONDecodeError, ValueError) as err:
         return {}, f"invalid JSON: {err}"
+    except RecursionError:
+        return {}, "invalid JSON: nested too deeply"
     if not isinstance(row, dict):
         return {}, f"line is a JSON {type(row).__name__}, not an object"
     if not isinstance(row.get("completion"), str):
@@ -113,6 +146,10 @@ def _read_row(line: str) -> tuple[dict[str, Any], str | None]:
     if not isinstance(row.get("record"), dict):
         return row, "missing field 'record' (an object)"
     return row, None
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
 
 
 def _summary_table(breakdowns: list[RewardBreakdown], pipeline: RewardPipeline) -> Table:
