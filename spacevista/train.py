@@ -1,7 +1,9 @@
 """`spacevista train`: Hydra composes and validates the config, then the controller runs the job.
 
-Validation (unknown keys, wrong types, cross-field rules) happens here, before Ray starts.
-`-m` multiruns sweep curriculum settings; each run returns its final mean reward to Hydra.
+Every config and data error surfaces here, before Ray starts, as one message naming the key (or the
+file, row and field) and exit code 2: unknown keys (with or without `+`) are refused before Hydra
+composes, values and rules between keys are checked, reward plugins are imported, and every data
+row is validated. `-m` multiruns sweep curriculum settings; each run returns its final mean reward.
 """
 
 from __future__ import annotations
@@ -13,29 +15,55 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from spacevista.configs.loader import register_schema, to_train_config
+from spacevista.configs.checks import ConfigError, check_config
+from spacevista.configs.loader import check_overrides, register_schema, to_train_config
+
+EXIT_INVALID = 2
+
+
+def _fail(err: Exception) -> None:
+    print(f"error: {err}", file=sys.stderr, flush=True)
+    raise SystemExit(EXIT_INVALID)
 
 
 @hydra.main(config_path="configs", config_name="train", version_base="1.3")
 def _hydra_entry(cfg: DictConfig) -> float:
-    from spacevista.actors.controller import train
-    from spacevista.actors.setup import validate_config
+    from spacevista.data.io import DataError
 
-    train_cfg = to_train_config(cfg)
-    validate_config(train_cfg)
+    try:
+        train_cfg = to_train_config(cfg)
+        check_config(train_cfg)  # the pure checks first: most mistakes fail here in well under a second
+        from spacevista.actors.setup import validate_config
+
+        validate_config(train_cfg)
+    except ConfigError as err:
+        _fail(err)
+    from spacevista.actors.controller import train
+
     run_dir = Path(train_cfg.run_dir or HydraConfig.get().runtime.output_dir).resolve()
-    result = train(train_cfg, run_dir, OmegaConf.to_container(cfg, resolve=True))
+    try:
+        result = train(train_cfg, run_dir, OmegaConf.to_container(cfg, resolve=True))
+    except DataError as err:  # raised by the data check, before Ray starts
+        _fail(err)
     print(f"run directory: {result.run_dir}")
     return result.final_reward
 
 
 def hydra_main(argv: list[str]) -> int:
-    """Run Hydra with `argv` as its command line (overrides, -m, --cfg ...)."""
+    """Run Hydra with `argv` as its command line (overrides, -m, --cfg ...); 2 on an invalid config."""
+    try:
+        check_overrides(argv)
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr, flush=True)
+        return EXIT_INVALID
     register_schema()
     saved = sys.argv
     sys.argv = ["spacevista train", *argv]
     try:
         _hydra_entry()
+    except SystemExit as exit_:
+        if exit_.code not in (0, None):
+            return exit_.code if isinstance(exit_.code, int) else 1
     finally:
         sys.argv = saved
     return 0

@@ -19,7 +19,7 @@ def test_default_config_is_the_embedded_default():
 
 
 def test_unknown_key_fails_naming_it():
-    with pytest.raises(ConfigCompositionException, match="rollout.nn"):
+    with pytest.raises(ConfigError, match="rollout.nn"):
         compose(["rollout.nn=3"])
 
 

@@ -6,54 +6,71 @@ embedded default costs seconds on its second run and concurrent runs agree on on
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import ray
 
+from spacevista.cluster.submit import protect_token_file
+from spacevista.configs.checks import ConfigError, rule_problems, value_problems
 from spacevista.configs.schema import ClusterConfig, RewardConfig, StageConfig, TrainConfig
 from spacevista.data.io import RecordDataset
 from spacevista.data.sampler import ScaleSampler
-from spacevista.scales import SCALES
 
-
-class ConfigError(ValueError):
-    """A config whose keys are individually valid but do not fit together; names the keys."""
+__all__ = ["ConfigError", "validate_config", "prepare_run", "start_ray"]
 
 
 def validate_config(cfg: TrainConfig) -> None:
-    """Checks that need more than one key (types and names are already checked by the schema)."""
-    problems = []
-    unknown = [e for e in cfg.model.experts if e not in SCALES]
-    if unknown or not cfg.model.experts:
-        problems.append(f"model.experts: unknown scale(s) {unknown}; expected a subset of {list(SCALES)}")
-    for i, stage in enumerate(cfg.curriculum.stages):
-        missing = [s for s, w in stage.scales.items() if w > 0 and s not in cfg.model.experts]
-        if missing:
-            problems.append(f"curriculum.stages[{i}].scales: {missing} have no expert in model.experts")
-    if cfg.rollout.engine not in ("hf", "vllm"):
-        problems.append(f"rollout.engine: {cfg.rollout.engine!r} is not one of hf, vllm")
-    world = cfg.cluster.learner.count
-    per_step = cfg.rollout.prompts_per_step * cfg.rollout.n
-    if per_step % world:
-        problems.append(f"rollout.prompts_per_step * rollout.n = {per_step} must be divisible by "
-                        f"cluster.learner.count = {world} (every learner rank takes an equal share)")
-    if cfg.learner.sft.steps and cfg.learner.sft.batch_size % world:
-        problems.append(f"learner.sft.batch_size = {cfg.learner.sft.batch_size} must be divisible by "
-                        f"cluster.learner.count = {world}")
-    if cfg.rollout.n < 2 and cfg.learner.objective.adv_estimator in ("grpo", "rloo"):
-        problems.append(f"rollout.n = {cfg.rollout.n}: {cfg.learner.objective.adv_estimator} needs groups of >= 2")
-    if cfg.learner.router.mode not in ("label", "learned"):
-        problems.append(f"learner.router.mode: {cfg.learner.router.mode!r} is not one of label, learned")
-    if cfg.steps < 1 or cfg.checkpoint_every < 1:
-        problems.append(f"steps ({cfg.steps}) and checkpoint_every ({cfg.checkpoint_every}) must be >= 1")
+    """Every check before Ray starts: values and rules between keys (`configs.checks`), verl's estimator
+    and loss names, and each reward plugin imported and built as a reward worker would; one ConfigError."""
+    plugin_names: list[str] = []
+    problems = _objective_problems(cfg) + _plugin_problems(cfg, plugin_names)
+    problems = value_problems(cfg) + rule_problems(cfg, plugin_names) + problems
     if problems:
         raise ConfigError("invalid config:\n  " + "\n  ".join(problems))
+
+
+def _objective_problems(cfg: TrainConfig) -> list[str]:
+    from verl.trainer.ppo import core_algos
+
+    from spacevista.configs.policy import UNSUPPORTED_ESTIMATORS
+
+    objective, problems = cfg.learner.objective, []
+    estimators = sorted(set(core_algos.ADV_ESTIMATOR_REGISTRY) - set(UNSUPPORTED_ESTIMATORS))
+    if objective.adv_estimator not in estimators:
+        problems.append(f"learner.objective.adv_estimator={objective.adv_estimator!r}: choose from {estimators}")
+    if objective.policy_loss not in core_algos.POLICY_LOSS_REGISTRY:
+        problems.append(f"learner.objective.policy_loss={objective.policy_loss!r}: choose from "
+                        f"{sorted(core_algos.POLICY_LOSS_REGISTRY)}")
+    return problems
+
+
+def _plugin_problems(cfg: TrainConfig, names: list[str]) -> list[str]:
+    """Import every plugin here, in the driver (a reward worker would fail only after Ray and SFT)."""
+    from spacevista.rewards.pipeline import RewardPipeline
+    from spacevista.rewards.registry import load_reward
+
+    problems = []
+    for i, plugin in enumerate(cfg.reward.plugins):
+        if not plugin.spec.strip():
+            continue  # configs.checks names it
+        try:
+            names.append(load_reward(plugin.spec)[0])
+        except Exception as err:  # PluginLoadError, or anything a plugin module raises on import
+            problems.append(f"reward.plugins[{i}].spec={plugin.spec!r}: {err}")
+    if not problems and names:
+        try:
+            RewardPipeline({**reward_config_dict(cfg.reward), "isolate_plugins": False})
+        except Exception as err:
+            problems.append(f"reward.plugins: {err}")
+    return problems
 
 
 @dataclass
@@ -96,9 +113,10 @@ def prepare_model(cfg: TrainConfig) -> Path:
                                     "directory is required; nothing is downloaded)")
         return path
     from spacevista.data.synth import tokenizer_corpus
-    from spacevista.policies.tiny import build_tiny_policy
+    from spacevista.policies.tiny import TinyPolicyConfig, build_tiny_policy
 
-    return build_tiny_policy(Path(cfg.model.cache_dir).expanduser(), tokenizer_corpus(), cfg.model.tiny)
+    arch = TinyPolicyConfig(**dataclasses.asdict(cfg.model.tiny))  # the config's data -> the policy's class
+    return build_tiny_policy(Path(cfg.model.cache_dir).expanduser(), tokenizer_corpus(), arch)
 
 
 def prepare_run(cfg: TrainConfig, run_dir: Path) -> PreparedRun:
@@ -107,7 +125,7 @@ def prepare_run(cfg: TrainConfig, run_dir: Path) -> PreparedRun:
     else:
         root = _synthetic_data(cfg)
         train_path, test_path = root / "train", root / "test"
-    dataset = RecordDataset(train_path)
+    dataset, test_path = _validated_data(cfg, train_path, test_path, run_dir)
     scales_of = dataset.scales
     first = cfg.curriculum.stages[0].scales
     sampler = ScaleSampler(scales_of, {s: w for s, w in first.items() if w > 0}, seed=cfg.seed)
@@ -115,8 +133,49 @@ def prepare_run(cfg: TrainConfig, run_dir: Path) -> PreparedRun:
     return PreparedRun(prepare_model(cfg), dataset, sampler, sft_sampler, test_path)
 
 
+class ValidRows:
+    """A dataset seen through the rows that passed validation: what the samplers index and draw."""
+
+    def __init__(self, dataset: RecordDataset, kept: list[int]):
+        self.dataset, self.kept, self.path = dataset, kept, dataset.path
+        all_scales = dataset.scales
+        self.scales = [all_scales[i] for i in kept]
+
+    def __len__(self) -> int:
+        return len(self.kept)
+
+    def take(self, indices: list[int]) -> list:
+        return self.dataset.take([self.kept[i] for i in indices])
+
+
+def _validated_data(cfg: TrainConfig, train_path: Path, test_path: Path | None,
+                    run_dir: Path) -> tuple[RecordDataset | ValidRows, Path | None]:
+    """Check every train and test row before Ray starts (data.invalid: fail naming the row, or skip it:
+    rejects.jsonl in the run directory, the samplers never draw it, the test split is rewritten without it)."""
+    import pyarrow.parquet as pq
+
+    from spacevista.data.validate import apply_policy, validate_dataset
+
+    cache = Path(cfg.data.synth.cache_dir).expanduser() / "validated"
+    train = validate_dataset(train_path, cache)
+    test = validate_dataset(test_path, cache) if test_path is not None else None
+    apply_policy([train] + ([test] if test else []), cfg.data.invalid, run_dir / "rejects.jsonl")
+    dataset = RecordDataset(train_path)
+    if train.rejects:
+        print(f"data.invalid=skip: {len(train.rejects)} of {train.rows} training rows skipped "
+              f"(listed in {run_dir / 'rejects.jsonl'})", flush=True)
+        dataset = ValidRows(dataset, train.kept)
+    if test is not None and test.rejects:
+        kept_test = run_dir / "data" / "test.parquet"
+        kept_test.parent.mkdir(parents=True, exist_ok=True)
+        pq.write_table(RecordDataset(test_path).table.take(test.kept), kept_test)
+        print(f"data.invalid=skip: {len(test.rejects)} of {test.rows} test rows skipped", flush=True)
+        test_path = kept_test
+    return dataset, test_path
+
+
 def start_ray(cluster: ClusterConfig, run_dir: Path) -> bool:
-    """Connect to `cluster.address`, or start a local Ray; True when this process started it."""
+    """Connect to `cluster.address`, or start a local Ray bound to loopback; True when this process started it."""
     if ray.is_initialized():
         return False
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
@@ -125,13 +184,36 @@ def start_ray(cluster: ClusterConfig, run_dir: Path) -> bool:
         return True
     kwargs: dict[str, Any] = dict(address="local", num_cpus=cluster.num_cpus or os.cpu_count(),
                                   include_dashboard=cluster.dashboard, log_to_driver=True,
-                                  _node_ip_address="127.0.0.1")  # a local run listens on loopback only
+                                  _node_ip_address="127.0.0.1")
     if cluster.dashboard:
         kwargs["dashboard_host"] = "127.0.0.1"
     if cluster.temp_dir:
         kwargs["_temp_dir"] = str(Path(cluster.temp_dir).expanduser())
-    ray.init(**kwargs)
+    with loopback_node_ip():
+        ray.init(**kwargs)
+    protect_token_file()
     return True
+
+
+@contextlib.contextmanager
+def loopback_node_ip() -> Iterator[None]:
+    """Make a local Ray take 127.0.0.1 as its node address, so that GCS, raylet, workers, agents and the
+    metrics endpoint bind loopback only. Ray 2.60 turns `_node_ip_address="127.0.0.1"` into the machine's
+    routable address unless its cluster mode is off (`RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0`, read once
+    when Ray is imported, hence the module constant too); both are restored after `ray.init`."""
+    from ray._private import ray_constants
+
+    key, saved_env = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", os.environ.get("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER")
+    saved = ray_constants.ENABLE_RAY_CLUSTER
+    os.environ[key], ray_constants.ENABLE_RAY_CLUSTER = "0", False
+    try:
+        yield
+    finally:
+        ray_constants.ENABLE_RAY_CLUSTER = saved
+        if saved_env is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = saved_env
 
 
 def reward_config_dict(reward: RewardConfig) -> dict[str, Any]:
@@ -140,6 +222,8 @@ def reward_config_dict(reward: RewardConfig) -> dict[str, Any]:
         "weights": {**dataclasses.asdict(reward.weights), "gate_scale": reward.scale_gate},
         "neighbour_scale_credit": reward.neighbour_scale_credit,
         "plugins": [{"spec": p.spec, "weight": p.weight} for p in reward.plugins],
+        "plugin_timeout_s": reward.plugin_timeout_s,
+        "plugin_output_bytes": reward.plugin_output_bytes,
     }
 
 

@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import ipaddress
 import os
 import shlex
 import sys
 import time
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
 DEFAULT_ADDRESS = "http://127.0.0.1:8265"
 TERMINAL = {"SUCCEEDED", "FAILED", "STOPPED"}
@@ -27,11 +29,41 @@ def _prepare_auth(token_file: str | None) -> None:
         path = Path(token_file).expanduser()
         if not path.is_file():
             raise SystemExit(f"--token-file {path}: no such file")
+        if path.stat().st_mode & 0o077:
+            raise SystemExit(f"--token-file {path}: readable by other users; run `chmod 600 {path}`")
         os.environ["RAY_AUTH_TOKEN_PATH"] = str(path)
+    else:
+        protect_token_file()
 
 
-def client(address: str, token_file: str | None = None):
-    """A JobSubmissionClient for `address`, with token auth prepared."""
+def protect_token_file(path: Path = Path("~/.ray/auth_token")) -> None:
+    """Ray writes its auth token world-readable (0644); make it owner-only (0600) when it is ours."""
+    token = path.expanduser()
+    try:
+        if token.is_file() and token.stat().st_mode & 0o077 and token.stat().st_uid == os.getuid():
+            token.chmod(0o600)
+    except OSError:
+        pass
+
+
+def check_transport(address: str, insecure: bool) -> None:
+    """Refuse to send the bearer token in clear text (plain http) to a host other than this machine."""
+    parsed = urlparse(address if "://" in address else f"http://{address}")
+    if parsed.scheme != "http" or insecure:
+        return
+    host = parsed.hostname or ""
+    try:
+        loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = False
+    if not loopback:
+        raise SystemExit(f"--address {address}: plain http to {host!r} would send the Ray auth token in clear "
+                         "text; use https://, an SSH tunnel to http://127.0.0.1:8265, or pass --insecure")
+
+
+def client(address: str, token_file: str | None = None, insecure: bool = False):
+    """A JobSubmissionClient for `address`, with token auth prepared (and the transport checked)."""
+    check_transport(address, insecure)
     _prepare_auth(token_file)
     from ray.job_submission import JobSubmissionClient
 
@@ -92,7 +124,7 @@ def submit_when_ready(c, timeout_s: float = 60.0, **job: Any) -> str:
 
 def run_submit(args: argparse.Namespace) -> int:
     overrides = [o for o in args.overrides if o != "--"]
-    c = client(args.address, args.token_file)
+    c = client(args.address, args.token_file, args.insecure)
     job_id = submit_when_ready(
         c,
         entrypoint=entrypoint(overrides),
@@ -110,7 +142,7 @@ def run_submit(args: argparse.Namespace) -> int:
 
 
 def run_jobs(args: argparse.Namespace) -> int:
-    c = client(args.address, args.token_file)
+    c = client(args.address, args.token_file, args.insecure)
     if args.action == "status":
         info = c.get_job_info(args.job_id)
         print(f"{args.job_id}: {info.status.value}" + (f" ({info.message})" if info.message else ""))
@@ -131,7 +163,9 @@ def run_jobs(args: argparse.Namespace) -> int:
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--address", default=os.environ.get("RAY_ADDRESS", DEFAULT_ADDRESS),
                    help="Ray dashboard address (default: $RAY_ADDRESS or %(default)s)")
-    p.add_argument("--token-file", help="Ray auth token file (default: where Ray looks)")
+    p.add_argument("--token-file", help="Ray auth token file, mode 0600 (default: where Ray looks)")
+    p.add_argument("--insecure", action="store_true",
+                   help="allow plain http to a non-loopback host (the token then travels in clear text)")
 
 
 def add_submit_subparser(sub: argparse._SubParsersAction) -> None:

@@ -1,0 +1,124 @@
+"""The policy components' configs (experts, objective, optimizer, router, tiny architecture): pure data.
+
+They live here, not beside the torch code that reads them, so that composing and checking a config
+imports neither torch, peft nor verl (the architecture's pure layer). Each default has this one home;
+the YAML groups only hold what a group changes. Two bridges to a library's own config type
+(`ExpertLoRAConfig.to_peft`, `ObjectiveConfig.actor_config/algo_config`) import that library when
+called, never at import. `limits(...)` metadata is what `configs.checks` enforces, naming the key.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+# Linear layers of the language model's decoder layers only (never `visual.*`): vLLM applies LoRA there only.
+LANGUAGE_MODEL_TARGET = r".*language_model\.layers\.\d+\.(self_attn\.(q|k|v|o)_proj|mlp\.(gate|up|down)_proj)"
+LOSS_AGG_MODES = ("token-mean", "token-sum", "seq-mean-token-sum", "seq-mean-token-mean", "seq-mean-token-sum-norm")
+KL_PENALTIES = ("kl", "k1", "abs", "mse", "k2", "low_var_kl", "k3", "full", "kl+", "k1+", "abs+", "low_var_kl+", "k3+")
+# verl estimators that need inputs an outcome-reward batch does not have (a critic, baseline rollouts, ...)
+UNSUPPORTED_ESTIMATORS = ("gae", "remax", "gdpo", "optimal_token_baseline", "tir_optimal_token_baseline")
+
+
+def limits(default: Any, *, ge: float | None = None, gt: float | None = None, le: float | None = None,
+           choices: tuple[str, ...] | None = None) -> Any:
+    """A dataclass field with its allowed range or choices (checked by `configs.checks.check_config`)."""
+    meta = {k: v for k, v in (("ge", ge), ("gt", gt), ("le", le), ("choices", choices)) if v is not None}
+    return field(default=default, metadata=meta)
+
+
+@dataclass
+class ExpertLoRAConfig:
+    """Shape of every scale expert (one peft `LoraConfig` shared by all experts)."""
+
+    rank: int = limits(16, ge=1)
+    alpha: int = limits(32, gt=0)
+    dropout: float = limits(0.0, ge=0.0, le=0.0)  # mixed-expert training runs in eval mode: dropout must be 0
+    target_modules: str = LANGUAGE_MODEL_TARGET
+    init_lora_weights: bool = True  # B = 0: a fresh expert equals the base model
+
+    def to_peft(self) -> Any:
+        """The peft `LoraConfig` (peft is imported here, on call)."""
+        from peft import LoraConfig
+
+        return LoraConfig(r=self.rank, lora_alpha=self.alpha, lora_dropout=self.dropout,
+                          target_modules=self.target_modules, init_lora_weights=self.init_lora_weights, bias="none")
+
+
+@dataclass
+class ObjectiveConfig:
+    """verl's advantage estimator and policy loss by name, with their hyper-parameters."""
+
+    adv_estimator: str = "grpo"  # any verl estimator over outcome rewards: grpo, rloo, reinforce_plus_plus, ...
+    policy_loss: str = "vanilla"  # verl policy-loss name: vanilla (PPO/GRPO clip), gspo, cispo, sapo, ...
+    clip_ratio: float = limits(0.2, gt=0.0)
+    clip_ratio_low: float | None = None  # None: clip_ratio
+    clip_ratio_high: float | None = None  # DAPO clip-higher: clip_ratio_high > clip_ratio_low
+    clip_ratio_c: float = limits(3.0, gt=1.0)  # dual-clip bound for negative advantages
+    loss_agg_mode: str = limits("token-mean", choices=LOSS_AGG_MODES)
+    kl_coef: float = limits(0.01, ge=0.0)  # weight of the KL-to-reference loss; 0 skips the reference forward
+    kl_penalty: str = limits("low_var_kl", choices=KL_PENALTIES)
+    norm_adv_by_std_in_grpo: bool = True  # False: Dr.GRPO
+    entropy_coeff: float = limits(0.0, ge=0.0)
+    gamma: float = limits(1.0, ge=0.0, le=1.0)  # reinforce_plus_plus discount
+
+    def actor_config(self, global_batch_info: dict[str, Any] | None = None) -> Any:
+        """verl's `ActorConfig` carrying these settings (what verl's policy-loss functions read)."""
+        from verl.workers.config import ActorConfig, PolicyLossConfig
+
+        low = self.clip_ratio if self.clip_ratio_low is None else self.clip_ratio_low
+        high = self.clip_ratio if self.clip_ratio_high is None else self.clip_ratio_high
+        return ActorConfig(
+            strategy="fsdp", rollout_n=1, ppo_micro_batch_size_per_gpu=1,
+            clip_ratio=self.clip_ratio, clip_ratio_low=low, clip_ratio_high=high, clip_ratio_c=self.clip_ratio_c,
+            loss_agg_mode=self.loss_agg_mode, policy_loss=PolicyLossConfig(loss_mode=self.policy_loss),
+            entropy_coeff=self.entropy_coeff, use_kl_loss=self.kl_coef > 0, kl_loss_coef=self.kl_coef,
+            kl_loss_type=self.kl_penalty, global_batch_info=dict(global_batch_info or {}),
+        )
+
+    def algo_config(self) -> Any:
+        """verl's `AlgoConfig` (what verl's advantage estimators read)."""
+        from verl.trainer.config import AlgoConfig
+
+        return AlgoConfig(adv_estimator=self.adv_estimator, gamma=self.gamma,
+                          norm_adv_by_std_in_grpo=self.norm_adv_by_std_in_grpo)
+
+
+@dataclass
+class OptimConfig:
+    lr: float = limits(1e-3, gt=0.0)
+    weight_decay: float = limits(0.0, ge=0.0)
+    betas: tuple[float, float] = (0.9, 0.999)
+    grad_clip: float = 1.0  # max global grad norm of the policy parameters; <= 0 disables
+    warmup_steps: int = limits(0, ge=0)
+    total_steps: int = limits(1000, ge=1)  # cosine horizon; the training job sets it from `steps`
+    schedule: str = limits("constant", choices=("constant", "cosine"))  # both after linear warm-up
+
+
+@dataclass
+class RouterConfig:
+    mode: str = limits("label", choices=("label", "learned"))  # how experts are picked per prompt
+    learn: bool = True  # train the classifier from scale labels in every learner step
+    hidden: int = limits(128, ge=1)
+    lr: float = limits(1e-3, gt=0.0)
+    weight_decay: float = limits(0.0, ge=0.0)
+
+
+@dataclass
+class TinyPolicyConfig:
+    """Architecture of the offline policy (the embedded default's ~3.8 M parameters)."""
+
+    hidden_size: int = limits(256, ge=8)
+    num_layers: int = limits(4, ge=1)
+    num_heads: int = limits(4, ge=1)
+    num_kv_heads: int = limits(2, ge=1)
+    intermediate_size: int = limits(512, ge=1)
+    vision_depth: int = limits(2, ge=1)
+    vision_hidden: int = limits(64, ge=8)
+    vision_heads: int = limits(2, ge=1)
+    vocab_size: int = limits(640, ge=64)  # BPE target; the trained vocabulary may be smaller
+    image_min_pixels: int = limits(56 * 56, ge=1)
+    image_max_pixels: int = limits(112 * 112, ge=1)
+    max_position_embeddings: int = limits(4096, ge=64)
+    seed: int = 0
+    mrope_section: list[int] = field(default_factory=list)  # empty: derived from head_dim
