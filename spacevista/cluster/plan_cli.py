@@ -13,9 +13,10 @@ def add_subparser(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser(
         "plan", help="GPU memory per role and per GPU for a model and config; exit 1 naming what cannot fit",
         description="Weights, LoRA and optimizer state, activations, logits and KV cache per GPU, from the model's "
-                    "config.json (no weights) and the config. Example: spacevista plan --model "
-                    "/models/Qwen2.5-VL-7B-Instruct cluster=single_node_8gpu rollout.engine=vllm rollout.n=8")
-    parser.add_argument("--model", required=True, help="model directory or its config.json (Qwen2-VL / Qwen2.5-VL)")
+                    "config.json (no weights) and the config. Example: spacevista plan model=local "
+                    "model.path=/models/Qwen2.5-VL-7B-Instruct cluster=single_node_8gpu rollout=vllm rollout.n=8")
+    parser.add_argument("--model", default="", help="model directory or its config.json (Qwen2-VL / Qwen2.5-VL); "
+                        "default: model.path")
     parser.add_argument("--gpu-memory-gib", type=float, default=None,
                         help="memory per GPU (default: cluster.gpu_memory_gib, 80)")
     parser.add_argument("--frames", type=int, default=0, help="frames per video prompt (0: prompt from the config)")
@@ -30,7 +31,11 @@ def run(args: argparse.Namespace) -> int:
     from spacevista.configs.loader import compose, to_train_config
 
     cfg = to_train_config(compose(list(args.overrides)))
-    model = ModelShape.from_path(args.model)
+    if not (args.model or cfg.model.path):
+        print("spacevista plan: give --model or model=local model.path=... (the tiny policy needs no plan)",
+              file=sys.stderr)
+        return 2
+    model = ModelShape.from_path(args.model or cfg.model.path)
     gpu_bytes = int((args.gpu_memory_gib or cfg.cluster.gpu_memory_gib) * GIB)
     prompt = visual = None
     if args.frames:
