@@ -35,8 +35,6 @@ class ModelConfig:
     experts: list[str] = field(default_factory=lambda: list(SCALES))
     # attention kernel of the learner: auto = flash_attention_2 on CUDA when flash-attn is installed, else sdpa
     attn_implementation: str = limits("sdpa", choices=("sdpa", "eager", "flash_attention_2", "auto"))
-    # attention kernel of the learner: auto = flash_attention_2 on CUDA when flash-attn is installed, else sdpa
-    attn_implementation: str = limits("sdpa", choices=("sdpa", "eager", "flash_attention_2", "auto"))
 
 
 @dataclass
@@ -67,12 +65,6 @@ class RolloutConfig:
     max_tokens: int = limits(32, ge=1)
     max_model_len: int = limits(2048, ge=16)
     max_batch_size: int = limits(64, ge=1)
-    # vLLM engine (rollout.engine=vllm); the GPU-only ones are not passed on a CPU build
-    gpu_memory_utilization: float = limits(0.9, gt=0.0, le=1.0)  # share of each GPU for weights + KV cache
-    tensor_parallel_size: int = limits(1, ge=1)  # GPUs per engine (give the rollout role as many num_gpus)
-    max_num_seqs: int = limits(256, ge=1)  # sequences in flight per engine step
-    enforce_eager: Optional[bool] = None  # None: eager on CPU, CUDA graphs on GPU
-    enable_prefix_caching: bool = True  # the n samples of a prompt reuse its KV blocks (and vision encoding)
     # vLLM engine (rollout.engine=vllm); the GPU-only ones are not passed on a CPU build
     gpu_memory_utilization: float = limits(0.9, gt=0.0, le=1.0)  # share of each GPU for weights + KV cache
     tensor_parallel_size: int = limits(1, ge=1)  # GPUs per engine (give the rollout role as many num_gpus)
@@ -124,9 +116,6 @@ class LearnerConfig:
     max_tokens_per_micro_batch: int = limits(0, ge=0)  # > 0: micro-batches by a token budget, not micro_batch_size
     # FSDP2: auto (bf16 params + fp32 reduce on CUDA, fp32 elsewhere) | bf16 | fp32
     mixed_precision: str = limits("auto", choices=("auto", "bf16", "fp32"))
-    gradient_checkpointing: bool = False  # recompute each layer in backward: keep one layer's activations, not all
-    max_tokens_per_micro_batch: int = limits(0, ge=0)  # > 0: micro-batches by a token budget, not micro_batch_size
-    mixed_precision: str = limits("auto", choices=("auto", "bf16", "fp32"))  # FSDP2; auto: bf16 + fp32 reduce on CUDA
 
 
 @dataclass
@@ -168,7 +157,6 @@ class ClusterConfig:
     dashboard: bool = False  # local Ray only: start the dashboard (and its metrics endpoint)
     temp_dir: str = ""  # local Ray only: its session directory ("" = Ray's default)
     metrics_prefix: str = "spacevista"
-    gpu_memory_gib: float = limits(80.0, gt=0.0)  # per GPU: what `spacevista plan` and the pre-start check fit into
     gpu_memory_gib: float = limits(80.0, gt=0.0)  # per GPU: what `spacevista plan` and the pre-start check fit into
 
 
