@@ -243,3 +243,17 @@ def test_the_config_group_is_torch_free_structured_data_and_names_bad_parts():
     assert cfg.train_rl == ["gate"] and dense_problems(cfg) == []
     assert "model.dense.train_sft: unknown part 'encoder'" in dense_problems(DenseConfig(train_sft=["encoder"]))[0]
     assert "model.dense.resolution=60" in dense_problems(DenseConfig(enabled=True, resolution=60))[0]
+
+
+def test_model_dense_composes_from_overrides_and_bad_values_fail_naming_the_key():
+    from spacevista.configs.checks import ConfigError, check_config
+    from spacevista.configs.loader import compose, to_train_config
+
+    cfg = to_train_config(compose(["model.dense.enabled=true", "model.dense.train_rl=[gate]"]))
+    assert cfg.model.dense.enabled and cfg.model.dense.train_rl == ["gate"] and not to_train_config(
+        compose([])).model.dense.enabled
+    check_config(cfg)
+    with pytest.raises(ConfigError, match="model.dense.train_sft: unknown part 'encoder'"):
+        check_config(to_train_config(compose(["model.dense.train_sft=[encoder]"])))
+    with pytest.raises(ConfigError, match="model.dense.frames_per_patch"):
+        check_config(to_train_config(compose(["model.dense.frames_per_patch=3"])))

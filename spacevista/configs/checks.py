@@ -16,6 +16,7 @@ import typing
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from spacevista.configs.dense import dense_problems
 from spacevista.configs.schema import TrainConfig
 from spacevista.scales import SCALES, AnswerType
 
@@ -129,6 +130,7 @@ def rule_problems(cfg: TrainConfig, plugin_names: Iterable[str] = ()) -> list[st
     unknown = [e for e in experts if e not in SCALES]
     if unknown or not experts or len(set(experts)) != len(experts):
         problems.append(f"model.experts={list(experts)}: need distinct scales from {list(SCALES)}")
+    problems += dense_problems(cfg.model.dense)
     problems += _weights_problems("reward.weights", cfg.reward.weights)
     problems += _curriculum_problems(cfg, set(PROMOTION_METRICS) | set(plugin_names))
     world = cfg.cluster.learner.count

@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Optional
 
+from spacevista.configs.dense import DenseConfig
 from spacevista.configs.policy import (
     ExpertLoRAConfig,
     ObjectiveConfig,
@@ -33,6 +34,7 @@ class ModelConfig:
     tiny: TinyPolicyConfig = field(default_factory=TinyPolicyConfig)
     lora: ExpertLoRAConfig = field(default_factory=ExpertLoRAConfig)
     experts: list[str] = field(default_factory=lambda: list(SCALES))
+    dense: DenseConfig = field(default_factory=DenseConfig)  # SpaceVista-7B's dense branch (off by default)
     # attention kernel of the learner: auto = flash_attention_2 on CUDA when flash-attn is installed, else sdpa
     attn_implementation: str = limits("sdpa", choices=("sdpa", "eager", "flash_attention_2", "auto"))
 
