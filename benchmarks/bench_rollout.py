@@ -34,6 +34,7 @@ from conftest import policy_corpus  # noqa: E402
 from rollout_helpers import EXPERTS, LORA, image_request, random_experts, text_request  # noqa: E402
 
 from spacevista.configs.schema import TinyArchConfig  # noqa: E402
+from spacevista.policies.prompts import encode_batch  # noqa: E402
 from spacevista.policies.tiny import TinyPolicyConfig, build_tiny_policy  # noqa: E402
 from spacevista.rollout import GenerationRequest, SamplingParams  # noqa: E402
 
@@ -51,10 +52,7 @@ def requests_for(mode: str, prompts: int, modality: str) -> list[list[Generation
 
 def peft_generate(engine, requests: list[GenerationRequest], params: SamplingParams, mixed: bool) -> int:
     """peft's own generation paths on the engine's model; returns the number of new tokens."""
-    texts = [engine.processor.apply_chat_template(r.chat_messages(), add_generation_prompt=True, tokenize=False)
-             for r in requests]
-    images = [im for r in requests for im in r.images] or None
-    inputs = engine.processor(text=texts, images=images, padding=True, return_tensors="pt")
+    inputs = encode_batch(engine.processor, requests)[0]
     config = GenerationConfig(do_sample=True, temperature=1.0, top_p=1.0, top_k=0,
                               max_new_tokens=params.max_tokens, min_new_tokens=params.min_tokens)
     extra = {"adapter_names": [r.expert for r in requests]} if mixed else {}

@@ -36,9 +36,8 @@ def _picture(rng: np.random.Generator, size: int = 56) -> Image.Image:
 
 
 def make_policy_samples(n: int, experts: Sequence[str], seed: int = 0,
-                        media: Sequence[str] = ("image", "video", "text"), with_old_logprobs: bool = False,
-                        group: int = 2) -> list:
-    """`n` learner samples cycling through `experts` and `media`; `group` samples share a uid."""
+                        media: Sequence[str] = ("image", "video", "text"), with_old_logprobs: bool = False) -> list:
+    """`n` learner samples cycling through `experts` and `media`, each its own prompt (its own uid)."""
     from spacevista.policies.batch import TrainSample
 
     rng, np_rng = random.Random(seed), np.random.default_rng(seed)
@@ -54,7 +53,7 @@ def make_policy_samples(n: int, experts: Sequence[str], seed: int = 0,
             messages=[{"role": "user", "content": f"{placeholder}{task.description}? {OUTPUT_INSTRUCTION}"}],
             images=images, videos=videos, response_ids=[rng.randrange(10, 200) for _ in range(length)],
             old_logprobs=[-rng.uniform(4.0, 7.0) for _ in range(length)] if with_old_logprobs else None,
-            advantage=rng.uniform(-1.0, 1.0), expert=expert, scale_label=expert, uid=f"{seed}-{i // group}",
+            advantage=rng.uniform(-1.0, 1.0), expert=expert, scale_label=expert, uid=f"{seed}-{i}",
             record_id=f"rec-{seed}-{i}"))
     return samples
 

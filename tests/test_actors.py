@@ -48,7 +48,8 @@ def test_reward_pool_scores_in_input_order(local_ray):
 def test_a_crashed_reward_worker_restarts_and_its_work_is_retried(local_ray, tmp_path):
     plugin = tmp_path / "crash_once.py"
     plugin.write_text(CRASH_ONCE.format(marker=str(tmp_path / "marker")))
-    config = {"plugins": [{"spec": f"{plugin}:compute_score", "weight": 1.0}]}
+    # in-process (trusted) plugins take the worker down with them; isolated ones (the default) do not
+    config = {"plugins": [{"spec": f"{plugin}:compute_score", "weight": 1.0}], "isolate_plugins": False}
     pool = WorkerPool.reward(config, reserve("reward", RoleConfig(count=1, num_cpus=0.25, max_restarts=2)), "t")
     try:
         first_pid = ray.get(pool.actors[0].ping.remote())

@@ -128,13 +128,30 @@ def test_shared_prompts_give_the_same_logprobs_entropy_and_gradients(experts_mod
             assert (grad - grads_s[name]).norm() <= 1e-4 * grad.norm() + 1e-6, name
 
 
-def test_prompt_groups_group_by_content_and_expert_not_by_uid(experts_model, policy_samples):
+def test_prompt_groups_are_a_requests_samples_by_uid_and_expert(experts_model, policy_samples):
     _, processor = experts_model
     same = policy_samples(1, ["indoor"], seed=4)[0]
-    other = policy_samples(2, ["indoor"], seed=5)[1]  # another prompt
-    samples = [same, replace(same, response_ids=[11, 12]), replace(other, uid=same.uid),  # uid alone never groups
+    other = policy_samples(2, ["indoor"], seed=5)[1]  # another prompt, another uid
+    samples = [same, replace(same, response_ids=[11, 12]), other,
                replace(same, expert="drone", response_ids=[13]), replace(same, uid="another-request")]
-    batch = collate(processor, samples)
-    groups = prompt_groups(batch, [s.expert for s in samples])
-    assert groups.firsts == [0, 2, 3]
-    assert groups.inverse.tolist() == [0, 0, 1, 2, 0]
+    groups = prompt_groups(collate(processor, samples), [s.expert for s in samples])
+    assert groups.firsts == [0, 2, 3, 4]
+    assert groups.inverse.tolist() == [0, 0, 1, 2, 3]
+
+
+def test_a_uid_shared_by_different_prompts_is_refused(experts_model, policy_samples):
+    _, processor = experts_model
+    same = policy_samples(1, ["indoor"], seed=4)[0]
+    other = policy_samples(2, ["indoor"], seed=5)[1]
+    batch = collate(processor, [same, replace(other, uid=same.uid)])
+    with pytest.raises(ValueError, match=f"share uid {same.uid!r} but not their prompt"):
+        prompt_groups(batch, ["indoor", "indoor"])
+
+
+def test_without_uids_prompts_are_grouped_by_content(experts_model, policy_samples):
+    _, processor = experts_model
+    same = policy_samples(1, ["indoor"], seed=4)[0]
+    other = policy_samples(2, ["indoor"], seed=5)[1]
+    samples = [replace(s, uid="") for s in (same, replace(same, response_ids=[11]), other, same)]
+    groups = prompt_groups(collate(processor, samples), ["indoor"] * 4)
+    assert groups.inverse.tolist() == [0, 0, 1, 0]

@@ -153,38 +153,20 @@ def test_greedy_n_repeats_the_greedy_completion(engine):
     assert completions[0].response_ids == completions[1].response_ids
 
 
-def test_stop_string_ends_the_completion_at_its_first_occurrence(engine):
-    request = text_request(4, "tiny_tabletop")
-    full = engine.generate([request], SamplingParams(temperature=0, max_tokens=24))[0]
-    stop = full.text[len(full.text) // 2:][:3]
-    assert stop.strip(), f"greedy text too short to pick a stop string from: {full.text!r}"
-    cut = engine.generate([request], SamplingParams(temperature=0, max_tokens=24, stop=[stop]))[0]
-    assert cut.finish_reason == "stop" and stop in cut.text
-    assert stop not in engine._decode(cut.response_ids[:-1])
-    assert cut.response_ids == full.response_ids[:len(cut.response_ids)]
-    assert full.finish_reason == "length" and len(full.response_ids) == 24
-    # stop strings count only past min_tokens (as in vLLM)
-    late = engine.generate([request], SamplingParams(temperature=0, max_tokens=24, stop=[stop],
-                                                     min_tokens=len(cut.response_ids)))[0]
-    assert len(late.response_ids) > len(cut.response_ids)
-    assert late.response_ids == full.response_ids[:len(late.response_ids)]
+def test_completions_carry_the_prompt_the_learner_trains_on(engine):
+    """The trajectory contract: one encoding per request, shared by its n samples, equal to the
+    prompt encoded alone (so batching in the engine changes nothing the learner sees)."""
+    from spacevista.policies.prompts import encode_prompts
 
-
-def test_update_base_equals_an_engine_built_on_the_new_base(tiny_policy_dir, weights_v1, tmp_path):
-    model, processor = load_policy(tiny_policy_dir)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(0.05 * torch.randn_like(p))
-    model.save_pretrained(tmp_path)
-    processor.save_pretrained(tmp_path)
-    engine = new_engine(tiny_policy_dir, weights_v1)
-    engine.update_base(model.state_dict())
-    fresh = new_engine(tmp_path, weights_v1)
     requests = mixed_requests()
-    assert [c.response_ids for c in engine.generate(requests, GREEDY)] == \
-        [c.response_ids for c in fresh.generate(requests, GREEDY)]
-    with pytest.raises(KeyError, match="missing"):
-        engine.update_base({k: v for k, v in model.state_dict().items() if "lm_head" not in k})
+    completions = engine.generate(requests, SamplingParams(n=2, temperature=1.0, max_tokens=6, seed=3))
+    for i, request in enumerate(requests):
+        first, second = completions[2 * i], completions[2 * i + 1]
+        assert first.prompt is second.prompt
+        alone = encode_prompts(engine.processor, [request])[0]
+        assert first.prompt.input_ids == alone.input_ids and first.prompt.mm_token_type_ids == alone.mm_token_type_ids
+        assert first.prompt.media.keys() == alone.media.keys()
+        assert all(torch.equal(first.prompt.media[k], alone.media[k]) for k in alone.media)
 
 
 def test_make_engine_builds_the_configured_engine(tiny_policy_dir):

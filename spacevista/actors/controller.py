@@ -25,16 +25,17 @@ import torch
 from spacevista import checkpointing
 from spacevista.actors.learner import LearnerGroup
 from spacevista.actors.pool import WorkerPool
+from spacevista.actors.workers import RolloutItem
 from spacevista.actors.setup import (PreparedRun, prepare_run, reward_config_dict, start_ray,
                                      stage_reward_weights, validate_config)
 from spacevista.cluster.metrics import RayMetrics
 from spacevista.cluster.resources import check_cluster, reserve
 from spacevista.configs.schema import RewardWeightsConfig, StageConfig, TrainConfig
 from spacevista.curriculum import Curriculum, StageChange
-from spacevista.data.frames import load_images, load_video
 from spacevista.data.schema import Record
 from spacevista.policies.batch import TrainSample
 from spacevista.policies.objectives import response_advantages
+from spacevista.rewards.pipeline import plugin_errors
 from spacevista.rewards.stepwise import RewardBreakdown, aggregate_breakdowns
 from spacevista.scales import SCALES, AnswerType
 from spacevista.rollout.engine import Completion, GenerationRequest, SamplingParams
@@ -54,11 +55,9 @@ class TrainResult:
 
 
 # ---- conversions between the components' types --------------------------------------------------
-def to_requests(records: list[Record], step: int) -> list[GenerationRequest]:
+def rollout_items(records: list[Record], step: int) -> list[RolloutItem]:
     """Label routing (the training anchor): each prompt goes to its record's scale expert."""
-    return [GenerationRequest(request_id=f"{step}:{i}:{r.id}", messages=list(r.prompt), expert=r.scale,
-                              images=load_images(r), videos=[load_video(r, v) for v in range(len(r.videos))])
-            for i, r in enumerate(records)]
+    return [RolloutItem(f"{step}:{i}:{r.id}", r, r.scale) for i, r in enumerate(records)]
 
 
 def score_items(records: list[Record], completions: list[Completion], n: int) -> list[tuple]:
@@ -94,13 +93,25 @@ def _answer_mean(breakdowns: list[RewardBreakdown], scale: str) -> float:
     return float(np.mean(vals)) if vals else 0.0
 
 
-def train_samples(requests: list[GenerationRequest], records: list[Record], completions: list[Completion],
-                  advantages: list[list[float]], n: int) -> list[TrainSample]:
-    return [TrainSample(messages=requests[i // n].messages, images=requests[i // n].images,
-                        videos=requests[i // n].videos, response_ids=c.response_ids, old_logprobs=c.logprobs,
-                        advantage=advantages[i], expert=c.expert, scale_label=records[i // n].scale,
-                        uid=requests[i // n].request_id, record_id=records[i // n].id)
+def train_samples(items: list[RolloutItem], completions: list[Completion], advantages: list[list[float]],
+                  n: int) -> list[TrainSample]:
+    """The learner's trajectories: the prompt as the rollout encoded it (an object-store ref), the
+    sampled ids and log-probs, per-token advantages; the n samples of a request share its uid."""
+    return [TrainSample(prompt=c.prompt, response_ids=c.response_ids, old_logprobs=c.logprobs,
+                        advantage=advantages[i], expert=c.expert, scale_label=items[i // n].record.scale,
+                        uid=items[i // n].request_id, record_id=items[i // n].record.id)
             for i, c in enumerate(completions)]
+
+
+def sft_samples(records: list[Record], step: int) -> list[TrainSample]:
+    """SFT warm-up samples: each learner rank decodes and encodes its own share of the prompts."""
+    return [TrainSample(response_ids=[], expert=item.expert, scale_label=item.record.scale, uid=item.request_id,
+                        record_id=item.record.id, **_prompt_media(item.request()))
+            for item in rollout_items(records, step)]
+
+
+def _prompt_media(request: GenerationRequest) -> dict[str, Any]:
+    return {"messages": request.messages, "images": request.images, "videos": request.videos}
 
 
 def sft_targets(records: list[Record]) -> list[str]:
@@ -135,8 +146,9 @@ def _train(cfg: TrainConfig, run_dir: Path, prep: PreparedRun, config_dict: dict
 
     learners = LearnerGroup(cfg, prep.model_path, reserve("learner", cfg.cluster.learner), run_name)
     pending: _Rollout | None = None
+    pending_state: dict[str, Any] | None = None
     if resume_from is not None:
-        state, pending = learners.load(resume_from)
+        state, pending_state = learners.load(resume_from)
         curriculum.load_state_dict(state["curriculum"])
         sampler.load_state_dict(state["sampler"])
         start_step = checkpointing.checkpoint_step(resume_from)
@@ -148,6 +160,8 @@ def _train(cfg: TrainConfig, run_dir: Path, prep: PreparedRun, config_dict: dict
     rollout = WorkerPool.rollout(cfg, str(policy_path), reserve("rollout", cfg.cluster.rollout), run_name)
     reward = WorkerPool.reward(reward_config_dict(cfg.reward), reserve("reward", cfg.cluster.reward), run_name)
     expert_refs = learners.expert_refs(version=start_step)  # what rollout workers must serve now
+    if pending_state is not None:
+        pending = _Rollout.from_dict(pending_state, cfg, prep, rollout)
 
     tracker = Tracker(run_dir, cfg.log, cfg.steps, start_step, config_dict)
     metrics = RayMetrics(cfg.cluster.metrics_prefix) if cfg.log.ray_metrics else None
@@ -162,7 +176,7 @@ def _train(cfg: TrainConfig, run_dir: Path, prep: PreparedRun, config_dict: dict
             if pending is None:  # sync mode, or the first step of an async run
                 pending = _launch(cfg, step, curriculum, sampler, prep, rollout, step - 1, expert_refs)
             current, pending = pending, None
-            stage, records, requests = current.stage, current.records, current.requests
+            stage, records, items = current.stage, current.records, current.items
             completions = current.completions if current.completions is not None else WorkerPool.gather(current.refs)
             t_gen = time.perf_counter()
             breakdowns = reward.score(score_items(records, completions, n), stage_reward_weights(stage))
@@ -171,10 +185,10 @@ def _train(cfg: TrainConfig, run_dir: Path, prep: PreparedRun, config_dict: dict
                 # it is kept with the final checkpoint, so a later `resume` with more steps continues exactly)
                 pending = _launch(cfg, step + 1, curriculum, sampler, prep, rollout, step - 1, expert_refs)
             scores = torch.tensor([b.total for b in breakdowns], dtype=torch.float32)
-            uids = [r.request_id for r in requests for _ in range(n)]
+            uids = [item.request_id for item in items for _ in range(n)]
             advantages = response_advantages(scores, [len(c.response_ids) for c in completions], uids,
                                              cfg.learner.objective)
-            samples = train_samples(requests, records, completions, advantages, n)
+            samples = train_samples(items, completions, advantages, n)
             learn_metrics, changed = learners.rl_step(samples, version=step)
             expert_refs.update(changed)
             t_learn = time.perf_counter()
@@ -184,6 +198,8 @@ def _train(cfg: TrainConfig, run_dir: Path, prep: PreparedRun, config_dict: dict
                                {"generate": t_gen - t0, "reward": t_rew - t_gen, "learn": t_learn - t_rew,
                                 "step": time.perf_counter() - t0})
             scalars["rollout/staleness"] = float(step - 1 - current.weights_version)
+            plugin_failures = plugin_errors(breakdowns)
+            scalars.update({f"reward/plugin_errors/{name}": float(v) for name, v in plugin_failures.items()})
             change = curriculum.observe(step, {s: v for s, v in per_scale.items() if s != "all"})
             tracker.log(step, scalars, {"stage": stage.name, "reward": f"{scalars['reward/total']:.3f}",
                                         "samples/s": f"{scalars['perf/samples_per_s']:.1f}"})
@@ -194,8 +210,9 @@ def _train(cfg: TrainConfig, run_dir: Path, prep: PreparedRun, config_dict: dict
                                     scalars["perf/samples_per_s"],
                                     {"generate": ("rollout", t_gen - t0), "reward": ("reward", t_rew - t_gen),
                                      "learn": ("learner", t_learn - t_rew)},
-                                    {"reward": sum(b.error is not None for b in breakdowns)})
-                metrics.record_queue("rollout", len(pending.requests) if pending else 0)
+                                    {"reward": sum(b.error is not None for b in breakdowns),
+                                     **{f"plugin/{k}": v for k, v in plugin_failures.items()}})
+                metrics.record_queue("rollout", len(pending.items) if pending else 0)
             if change is not None:
                 tracker.message(f"step {step}: curriculum {change.from_stage!r} -> {change.to_stage!r} ({change.reason})")
                 tracker.show(reward_table(f"stage {change.from_stage!r} finished at step {step}", per_scale))
@@ -205,7 +222,7 @@ def _train(cfg: TrainConfig, run_dir: Path, prep: PreparedRun, config_dict: dict
                 if pending is not None:  # async: keep step k+1's rollout with the checkpoint, so resume is exact
                     pending.completions, pending.refs = WorkerPool.gather(pending.refs), []
                 learners.save(run_dir, step, {"curriculum": curriculum.state_dict(), "sampler": sampler.state_dict()},
-                              cfg.keep_checkpoints, pending)
+                              cfg.keep_checkpoints, pending.to_dict() if pending is not None else None)
         result = _finish(run_dir, history, curriculum, cfg.log.plot, tracker)
     finally:
         tracker.close()
@@ -215,17 +232,39 @@ def _train(cfg: TrainConfig, run_dir: Path, prep: PreparedRun, config_dict: dict
     return result
 
 
+COMPLETION_FIELDS = ("request_id", "sample_index", "expert", "response_ids", "text", "logprobs", "finish_reason",
+                     "adapter_version")
+
+
 @dataclass
 class _Rollout:
     """One step's prompts and its generation in flight."""
 
     step: int
     stage: StageConfig
+    indices: list[int]  # the records' rows in the training set
     records: list[Record]
-    requests: list[GenerationRequest]
+    items: list[RolloutItem]
     refs: list
     weights_version: int  # the learner step whose expert weights generate these samples
     completions: list | None = None  # set once gathered (and so when restored from a checkpoint)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data for a checkpoint (JSON): which rows, which stage, what was sampled; the prompts
+        are encoded again on resume (deterministic), so no tensor or object is stored."""
+        return {"step": self.step, "stage": self.stage.name, "indices": self.indices,
+                "weights_version": self.weights_version,
+                "completions": [{k: getattr(c, k) for k in COMPLETION_FIELDS} for c in self.completions]}
+
+    @classmethod
+    def from_dict(cls, state: dict[str, Any], cfg: TrainConfig, prep: PreparedRun, rollout: WorkerPool) -> _Rollout:
+        stage = next(s for s in cfg.curriculum.stages if s.name == state["stage"])
+        records = prep.dataset.take(state["indices"])
+        items = rollout_items(records, state["step"])
+        prompts = rollout.encode(items)
+        n = len(state["completions"]) // max(len(items), 1)
+        completions = [Completion(prompt=prompts[i // n], **c) for i, c in enumerate(state["completions"])]
+        return cls(state["step"], stage, state["indices"], records, items, [], state["weights_version"], completions)
 
 
 def _launch(cfg: TrainConfig, step: int, curriculum: Curriculum, sampler, prep: PreparedRun, rollout: WorkerPool,
@@ -233,12 +272,13 @@ def _launch(cfg: TrainConfig, step: int, curriculum: Curriculum, sampler, prep: 
     """Draw `step`'s prompts under the current stage and start generating them (non-blocking)."""
     stage = curriculum.stage
     sampler.set_weights(curriculum.scale_weights())
-    records = prep.dataset.take(sampler.next_batch(cfg.rollout.prompts_per_step))
-    requests = to_requests(records, step)
+    indices = [int(i) for i in sampler.next_batch(cfg.rollout.prompts_per_step)]
+    records = prep.dataset.take(indices)
+    items = rollout_items(records, step)
     params = SamplingParams(n=cfg.rollout.n, temperature=cfg.rollout.temperature, top_p=cfg.rollout.top_p,
                             max_tokens=cfg.rollout.max_tokens, seed=cfg.seed * 100_003 + step)
-    refs = rollout.generate_async(requests, params, version=weights_version, experts=expert_refs)
-    return _Rollout(step, stage, records, requests, refs, weights_version)
+    refs = rollout.generate_async(items, params, version=weights_version, experts=expert_refs)
+    return _Rollout(step, stage, indices, records, items, refs, weights_version)
 
 
 class _Evaluator:
@@ -258,9 +298,9 @@ class _Evaluator:
         self.weights = {**dataclasses.asdict(cfg.reward.weights), "gate_scale": False}
 
     def __call__(self, step: int, expert_refs: dict) -> dict[str, dict[str, float]]:
-        requests = to_requests(self.records, step)
         params = SamplingParams(n=1, temperature=0.0, max_tokens=self.cfg.rollout.max_tokens)
-        completions = self.rollout.generate(requests, params, version=step, experts=expert_refs)
+        completions = self.rollout.generate(rollout_items(self.records, step), params, version=step,
+                                            experts=expert_refs, prompts="drop")
         breakdowns = self.reward.score(score_items(self.records, completions, 1), self.weights)
         return per_scale_means(breakdowns, self.cfg.reward.weights)
 
@@ -271,11 +311,7 @@ def _sft_warmup(cfg: TrainConfig, prep: PreparedRun, learners: LearnerGroup) -> 
     sampler = prep.sft_sampler
     for i in range(1, sft.steps + 1):
         records = prep.dataset.take(sampler.next_batch(sft.batch_size))
-        requests = to_requests(records, -i)
-        samples = [TrainSample(messages=q.messages, images=q.images, videos=q.videos, response_ids=[],
-                               expert=q.expert, scale_label=r.scale, uid=q.request_id, record_id=r.id)
-                   for q, r in zip(requests, records)]
-        m = learners.sft_step(samples, sft_targets(records))
+        m = learners.sft_step(sft_samples(records, -i), sft_targets(records))
         if i == 1 or i % 10 == 0 or i == sft.steps:
             console.print(f"sft {i}/{sft.steps}: loss {m.get('sft_loss', float('nan')):.3f}")
 

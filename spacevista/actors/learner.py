@@ -22,7 +22,16 @@ from spacevista.actors.workers import init_actor_process
 from spacevista.cluster.resources import RoleGroup
 from spacevista.configs.schema import TrainConfig
 from spacevista.policies.batch import collate
+from spacevista.tracking import console
 from ray.util.placement_group import remove_placement_group
+
+
+def resolve_prompts(samples: list) -> list:
+    """Samples with their prompt refs fetched, each distinct ref once (a GRPO group shares one)."""
+    refs = list(dict.fromkeys(s.prompt for s in samples if isinstance(s.prompt, ray.ObjectRef)))
+    values = dict(zip(refs, ray.get(refs))) if refs else {}
+    return [dataclasses.replace(s, prompt=values[s.prompt]) if isinstance(s.prompt, ray.ObjectRef) else s
+            for s in samples]
 
 
 def _free_port() -> int:
@@ -70,8 +79,9 @@ class LearnerWorker:
         return self.core.sft_step(samples, targets)
 
     def rl_step(self, samples: list, version: int) -> tuple[dict[str, float], dict[str, Any] | None]:
-        """One update; rank 0 also returns {expert: (version, ref)} for the experts the global batch moved."""
-        metrics = self.core.rl_step(collate(self.core.processor, samples))
+        """One update; rank 0 also returns {expert: (version, ref)} for the experts the global batch moved.
+        The samples' prompts arrive as object-store refs (one per request, fetched here once)."""
+        metrics = self.core.rl_step(collate(self.core.processor, resolve_prompts(samples)))
         return metrics, self._publish(self.core.stepped_experts, version)
 
     def publish_experts(self, version: int) -> dict[str, Any] | None:
@@ -108,7 +118,8 @@ class LearnerWorker:
             dist.destroy_process_group()
 
 
-PENDING_ROLLOUT = "pending_rollout.pkl"  # async mode: step N+1's completions, generated before update N
+PENDING_ROLLOUT = "pending_rollout.json"  # async mode: step N+1's completions, generated before update N
+OLD_PENDING_ROLLOUT = "pending_rollout.pkl"  # checkpoints before 2026-11-30 pickled it: never unpickled
 
 
 class LearnerGroup:
@@ -142,29 +153,31 @@ class LearnerGroup:
         written = self._all("export_policy", shared=(str(path),))[0]
         return Path(written) if written else None
 
-    def save(self, run_dir: Path, step: int, controller: dict, keep: int, pending: Any = None) -> Path:
+    def save(self, run_dir: Path, step: int, controller: dict, keep: int, pending: dict | None = None) -> Path:
         """Every rank writes its part into one staging directory, the controller its state (and, in
-        async mode, the next step's finished rollout); then the directory is committed atomically."""
+        async mode, the next step's finished rollout as JSON); then the directory is committed atomically."""
         import json
-        import pickle
 
         tmp = checkpointing.staging_dir(run_dir, step)
         self._all("save", shared=(str(tmp),))
         (tmp / "controller.json").write_text(json.dumps(controller))
         if pending is not None:
-            (tmp / PENDING_ROLLOUT).write_bytes(pickle.dumps(pending))
+            (tmp / PENDING_ROLLOUT).write_text(json.dumps(pending))
         meta = {"world_size": len(self.workers), "model_path": str(self.model_path),
                 "experts": list(self.cfg.model.experts)}  # the router's class order
         return checkpointing.commit(tmp, step, meta, keep)
 
-    def load(self, checkpoint: Path) -> tuple[dict[str, Any], Any]:
-        """(controller state, the pending rollout or None) after every rank loaded its part."""
+    def load(self, checkpoint: Path) -> tuple[dict[str, Any], dict | None]:
+        """(controller state, the pending rollout's state or None) after every rank loaded its part."""
         import json
-        import pickle
 
         self._all("load", shared=(str(checkpoint),))
         pending_file = checkpoint / PENDING_ROLLOUT
-        pending = pickle.loads(pending_file.read_bytes()) if pending_file.exists() else None  # our own file
+        if not pending_file.exists() and (checkpoint / OLD_PENDING_ROLLOUT).exists():
+            console.print(f"[yellow]warning:[/] {checkpoint / OLD_PENDING_ROLLOUT} is a pickle from an older version "
+                          f"and is not loaded: the next step's rollout is generated again, so this resumed run "
+                          f"will not match an uninterrupted one bit for bit")
+        pending = json.loads(pending_file.read_text()) if pending_file.exists() else None
         return json.loads((checkpoint / "controller.json").read_text()), pending
 
     def shutdown(self) -> None:

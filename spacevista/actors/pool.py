@@ -66,13 +66,18 @@ class WorkerPool:
     def _fan_out(self, method: str, items: Sequence[Any], *args: Any, **kwargs: Any) -> list[Any]:
         return self.gather(self._submit(method, items, *args, **kwargs))
 
-    def generate(self, requests: Sequence[Any], params: Any, version: int, experts: dict) -> list[Any]:
-        """Completions, request-major, `params.n` per request."""
-        return self._fan_out("generate", requests, params, version, experts)
+    def generate(self, items: Sequence[Any], params: Any, version: int, experts: dict,
+                 prompts: str = "ref") -> list[Any]:
+        """Completions, request-major, `params.n` per request (their prompts as object-store refs)."""
+        return self._fan_out("generate", items, params, version, experts, prompts)
 
-    def generate_async(self, requests: Sequence[Any], params: Any, version: int, experts: dict) -> list[ray.ObjectRef]:
+    def generate_async(self, items: Sequence[Any], params: Any, version: int, experts: dict) -> list[ray.ObjectRef]:
         """Start generating and return at once; `gather` the refs for the completions."""
-        return self._submit("generate", requests, params, version, experts)
+        return self._submit("generate", items, params, version, experts)
+
+    def encode(self, items: Sequence[Any]) -> list[Any]:
+        """Refs of the items' encoded prompts, in order."""
+        return self._fan_out("encode", items)
 
     def score(self, items: Sequence[Any], weights: dict[str, Any]) -> list[Any]:
         return self._fan_out("score", items, weights)

@@ -10,12 +10,55 @@ depends on state a restart would lose.
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from typing import Any
 
 import ray
 import torch
 
 from spacevista.configs.schema import ModelConfig, RolloutConfig
+from spacevista.data.frames import load_images, load_video
+from spacevista.data.schema import Record
+from spacevista.rollout.engine import Completion, GenerationRequest
+
+PROMPTS = ("ref", "drop", "keep")  # what a rollout worker returns of the encoded prompts
+
+
+@dataclass
+class RolloutItem:
+    """One prompt for a rollout worker: its record (frames as paths or inline bytes: decoded, and
+    visual prompts drawn, by the worker, so frames never pass through the controller) and its expert."""
+
+    request_id: str
+    record: Record
+    expert: str
+
+    def request(self) -> GenerationRequest:
+        r = self.record
+        return GenerationRequest(request_id=self.request_id, messages=list(r.prompt), expert=self.expert,
+                                 images=load_images(r), videos=[load_video(r, v) for v in range(len(r.videos))])
+
+
+def _requests(items: list) -> list[GenerationRequest]:
+    return [item.request() if isinstance(item, RolloutItem) else item for item in items]
+
+
+def share_prompts(completions: list[Completion], mode: str) -> list[Completion]:
+    """`ref`: each request's encoded prompt into the object store once, its n completions holding the
+    reference (the learner fetches it; the controller never does); `drop`: none (evaluation); `keep`: as is."""
+    if mode not in PROMPTS:
+        raise ValueError(f"prompts={mode!r} is not one of {PROMPTS}")
+    if mode == "keep":
+        return completions
+    shared: dict[int, tuple[Any, Any]] = {}  # id(prompt) -> (the prompt, kept alive; its ref)
+    for c in completions:
+        if mode == "drop":
+            c.prompt = None
+            continue
+        if id(c.prompt) not in shared:
+            shared[id(c.prompt)] = (c.prompt, ray.put(c.prompt))
+        c.prompt = shared[id(c.prompt)][1]
+    return completions
 
 
 def init_actor_process() -> None:
@@ -37,18 +80,25 @@ class RolloutWorker:
         self.engine = make_engine(rollout, model_path, model)
         self.expert_versions: dict[str, int] = {}
 
-    def generate(self, requests: list, params: Any, version: int = 0,
-                 experts: dict[str, tuple[int, ray.ObjectRef]] | None = None) -> list:
-        """Generate with adapter `version`. `experts` maps each expert to (its version, a ref to its
-        adapter state dict); refs nested in a dict are not fetched by Ray, so this worker pulls only
-        the experts it is behind on (all of them after a restart) and applies them atomically."""
+    def generate(self, items: list, params: Any, version: int = 0,
+                 experts: dict[str, tuple[int, ray.ObjectRef]] | None = None, prompts: str = "ref") -> list:
+        """Generate with adapter `version` for `RolloutItem`s (or ready `GenerationRequest`s).
+        `experts` maps each expert to (its version, a ref to its adapter state dict); refs nested in a
+        dict are not fetched by Ray, so this worker pulls only the experts it is behind on (all of them
+        after a restart) and applies them atomically. `prompts`: see `share_prompts`."""
         behind = {e: ref for e, (v, ref) in (experts or {}).items() if v > self.expert_versions.get(e, 0)}
         if behind:
             weights = dict(zip(behind, ray.get(list(behind.values()))))
             self.engine.update_experts(version, weights)
             for e in behind:
                 self.expert_versions[e] = experts[e][0]
-        return self.engine.generate(requests, params)
+        return share_prompts(self.engine.generate(_requests(items), params), prompts)
+
+    def encode(self, items: list) -> list:
+        """Object-store refs of the items' encoded prompts (a resumed run's pending rollout needs them)."""
+        from spacevista.policies.prompts import encode_prompts
+
+        return [ray.put(p) for p in encode_prompts(self.engine.processor, _requests(items))]
 
     def version(self) -> int:
         return self.engine.version

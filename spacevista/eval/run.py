@@ -212,11 +212,7 @@ class _FeatureModel:
             self.model, self.processor = load_policy(policy.model_path, getattr(torch, _torch_dtype(options)), device)
 
     def __call__(self, requests: Sequence[GenerationRequest]) -> torch.Tensor:
+        from spacevista.policies.prompts import encode_batch
         from spacevista.policies.router import prompt_features
 
-        texts = [self.processor.apply_chat_template(r.chat_messages(), add_generation_prompt=True, tokenize=False)
-                 for r in requests]
-        images = [im for r in requests for im in r.images] or None
-        videos = [v for r in requests for v in r.videos] or None
-        encoded = self.processor(text=texts, images=images, videos=videos, padding=True, return_tensors="pt")
-        return prompt_features(self.model, encoded).cpu()
+        return prompt_features(self.model, encode_batch(self.processor, requests)[0]).cpu()

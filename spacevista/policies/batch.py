@@ -1,9 +1,10 @@
 """The learner's input: one `TrainSample` per completion, collated into a verl `DataProto`.
 
 Layout (verl's): `input_ids` = left-padded prompt followed by the right-padded response, so every
-row's prompt ends at the same column and `responses` is the last `R` columns. Vision inputs are
-kept PER SAMPLE in the non-tensor field `multi_modal_inputs` (a dict of `pixel_values`,
-`image_grid_thw`, `pixel_values_videos`, `video_grid_thw`, `second_per_grid_ts` for that sample),
+row's prompt ends at the same column and `responses` is the last `R` columns. The prompt is the one
+the rollout encoded (`policies.prompts.EncodedPrompt`): the learner trains on exactly those ids.
+Vision inputs are kept PER SAMPLE in the non-tensor field `multi_modal_inputs` (a dict of
+`pixel_values`, `image_grid_thw`, `pixel_values_videos`, `video_grid_thw`, `second_per_grid_ts`),
 as verl does: Qwen2.5-VL concatenates all patches of a batch into one `pixel_values` tensor, so a
 batch-level tensor cannot follow `DataProto.split/select_idxs/chunk`; per-sample dicts can, and
 `verl.utils.model.extract_multi_modal_inputs` concatenates them again for each micro-batch.
@@ -20,62 +21,32 @@ import torch
 from PIL import Image
 from verl import DataProto
 
-from spacevista.policies.chat import to_chat_messages
+from spacevista.policies.prompts import EncodedPrompt, encode_prompts, pad_prompts
 
 END_OF_TURN = "<|im_end|>"  # closes the assistant turn in the Qwen chat template (the policy's eos)
 
 
 @dataclass(kw_only=True)
 class TrainSample:
-    """One completion of one prompt, as the learner needs it."""
+    """One completion of one prompt, as the learner needs it: the prompt the rollout encoded (or,
+    for the SFT warm-up, its messages and frames, encoded by `collate`) and the sampled response."""
 
-    messages: list[dict[str, Any]]  # the record's prompt: [{role, content}] with <image>/<video> placeholders
     response_ids: list[int]
     expert: str
+    prompt: EncodedPrompt | None = None  # token ids + processed media, as the rollout engine encoded them
+    messages: list[dict[str, Any]] = field(default_factory=list)  # else: chat messages with placeholders
     images: list[Image.Image] = field(default_factory=list)
     videos: list[list[Image.Image]] = field(default_factory=list)  # each video: its frames
     old_logprobs: list[float] | None = None  # sampled-token log-probs from the rollout engine
     advantage: float | list[float] = 0.0  # one per response token, or one for the whole response
     scale_label: str | None = None
-    uid: str = ""  # prompt group id (GRPO groups by it)
+    uid: str = ""  # prompt group id: the n samples of one request share it (and their prompt)
     record_id: str = "?"
 
 
 def _object_array(values: Sequence[Any]) -> np.ndarray:
     out = np.empty(len(values), dtype=object)
     out[:] = list(values)
-    return out
-
-
-def _split_rows(tensor: torch.Tensor | None, grid_thw: torch.Tensor | None, counts: list[int]) -> list[tuple]:
-    """Per sample: (its rows of the concatenated patch tensor, its grid_thw rows)."""
-    if tensor is None or grid_thw is None:
-        return [(None, None)] * len(counts)
-    patches = torch.split(tensor, grid_thw.prod(-1).tolist())
-    out, i = [], 0
-    for n in counts:
-        out.append((torch.cat(patches[i:i + n]) if n else None, grid_thw[i:i + n] if n else None))
-        i += n
-    return out
-
-
-def _vision_per_sample(enc: dict[str, Any], samples: Sequence[TrainSample]) -> list[dict[str, torch.Tensor]]:
-    images = _split_rows(enc.get("pixel_values"), enc.get("image_grid_thw"), [len(s.images) for s in samples])
-    n_videos = [len(s.videos) for s in samples]
-    videos = _split_rows(enc.get("pixel_values_videos"), enc.get("video_grid_thw"), n_videos)
-    seconds = enc.get("second_per_grid_ts")
-    seconds = torch.as_tensor(seconds, dtype=torch.float32) if seconds is not None else None
-    out, v = [], 0
-    for (pix, img_thw), (vid, vid_thw), n in zip(images, videos, n_videos):
-        inputs: dict[str, torch.Tensor] = {}
-        if pix is not None:
-            inputs.update(pixel_values=pix, image_grid_thw=img_thw)
-        if vid is not None:
-            inputs.update(pixel_values_videos=vid, video_grid_thw=vid_thw)
-            if seconds is not None:
-                inputs["second_per_grid_ts"] = seconds[v:v + n]
-        v += n
-        out.append(inputs)
     return out
 
 
@@ -86,13 +57,20 @@ def _right_pad(rows: Sequence[Sequence[float]], width: int, value: float, dtype:
     return out
 
 
+def _prompts(processor, samples: Sequence[TrainSample]) -> list[EncodedPrompt]:
+    """Each sample's encoded prompt; samples without one (SFT) are encoded here."""
+    todo = [s for s in samples if s.prompt is None]
+    encoded = iter(encode_prompts(processor, todo, [s.record_id for s in todo]) if todo else [])
+    return [s.prompt if s.prompt is not None else next(encoded) for s in samples]
+
+
 def collate(processor, samples: Sequence[TrainSample]) -> DataProto:
-    """Encode prompts (left-padded) + responses (right-padded) into a verl `DataProto`.
+    """Encoded prompts (left-padded) + responses (right-padded) as a verl `DataProto`.
 
     Tensors: input_ids, attention_mask, mm_token_type_ids (Qwen-VL needs it for its 3D rope
-    positions), responses, response_mask, advantages (the sample's advantage on every response
-    token), old_log_probs (only when every sample carries them). Non-tensors: expert, uid,
-    scale_label, record_id, multi_modal_inputs.
+    positions), responses, response_mask, advantages (per response token), old_log_probs (only
+    when every sample carries them). Non-tensors: expert, uid, scale_label, record_id,
+    multi_modal_inputs.
     """
     if not samples:
         raise ValueError("collate: no samples")
@@ -109,14 +87,10 @@ def collate(processor, samples: Sequence[TrainSample]) -> DataProto:
     if any(has_old) and not all(has_old):
         raise ValueError("collate: old_logprobs must be given for all samples or none")
 
-    texts = [processor.apply_chat_template(to_chat_messages(s.messages, len(s.images), len(s.videos), s.record_id),
-                                          add_generation_prompt=True, tokenize=False) for s in samples]
-    images = [img for s in samples for img in s.images] or None
-    videos = [vid for s in samples for vid in s.videos] or None
-    enc = processor(text=texts, images=images, videos=videos, padding=True, padding_side="left", return_tensors="pt")
-
-    width = max(len(s.response_ids) for s in samples)
+    prompts = _prompts(processor, samples)
     pad_id = processor.tokenizer.pad_token_id
+    enc = pad_prompts(prompts, pad_id)
+    width = max(len(s.response_ids) for s in samples)
     responses = _right_pad([s.response_ids for s in samples], width, pad_id, torch.long)
     response_mask = _right_pad([[1] * len(s.response_ids) for s in samples], width, 0, torch.long)
     tensors = {
@@ -125,7 +99,8 @@ def collate(processor, samples: Sequence[TrainSample]) -> DataProto:
         "responses": responses,
         "response_mask": response_mask,
         "advantages": _right_pad([s.advantage if isinstance(s.advantage, (list, tuple))
-                                  else [s.advantage] * len(s.response_ids) for s in samples], width, 0.0, torch.float32),
+                                  else [s.advantage] * len(s.response_ids) for s in samples],
+                                 width, 0.0, torch.float32),
     }
     if "mm_token_type_ids" in enc:
         tensors["mm_token_type_ids"] = torch.cat([enc["mm_token_type_ids"], torch.zeros_like(responses)], dim=1)
@@ -136,7 +111,7 @@ def collate(processor, samples: Sequence[TrainSample]) -> DataProto:
         "uid": _object_array([s.uid for s in samples]),
         "scale_label": _object_array([s.scale_label for s in samples]),
         "record_id": _object_array([s.record_id for s in samples]),
-        "multi_modal_inputs": _object_array(_vision_per_sample(enc, samples)),
+        "multi_modal_inputs": _object_array([p.media for p in prompts]),
     }
     return DataProto.from_dict(tensors=tensors, non_tensors=non_tensors)
 

@@ -59,10 +59,18 @@ class PromptGroups:
 
 
 def prompt_groups(batch: DataProto, experts: Sequence[str] | None = None) -> PromptGroups:
-    """Group rows whose prompts are identical (tokens, padding and media) and that run through the
-    same expert: GRPO's n samples of one request. Grouping is by content, so any batch is safe."""
+    """Group rows that share one prompt and run through the same expert: GRPO's n samples of one
+    request, by their `uid` (the rollout encoded that request's prompt once for all of them). A batch
+    without uids (hand-built ones) is grouped by content: identical tokens, padding and media."""
     names = list(experts) if experts is not None else [None] * len(batch)
-    prompt_len = batch.batch["input_ids"].shape[1] - batch.batch["responses"].shape[1]
+    uids = batch.non_tensor_batch.get("uid")
+    if uids is not None and all(isinstance(u, str) and u for u in uids):
+        keys: dict[tuple, int] = {}
+        inverse = [keys.setdefault((name, uid), len(keys)) for name, uid in zip(names, uids)]
+        firsts = [inverse.index(k) for k in range(len(keys))]
+        _check_shared(batch, firsts, inverse, list(uids))
+        return PromptGroups(firsts, torch.tensor(inverse, dtype=torch.long))
+    prompt_len = _prompt_len(batch)
     prompts = torch.cat([batch.batch["input_ids"][:, :prompt_len], batch.batch["attention_mask"][:, :prompt_len]], 1)
     media = batch.non_tensor_batch.get("multi_modal_inputs")
     candidates: dict[tuple, list[int]] = {}  # (expert, prompt tokens) -> groups with those tokens
@@ -77,6 +85,20 @@ def prompt_groups(batch: DataProto, experts: Sequence[str] | None = None) -> Pro
             same_tokens.append(k)
         inverse.append(k)
     return PromptGroups(firsts, torch.tensor(inverse, dtype=torch.long))
+
+
+def _prompt_len(batch: DataProto) -> int:
+    return batch.batch["input_ids"].shape[1] - batch.batch["responses"].shape[1]
+
+
+def _check_shared(batch: DataProto, firsts: list[int], inverse: list[int], uids: list[str]) -> None:
+    """Rows grouped by uid must hold the same prompt tokens (a cheap check of the contract)."""
+    prompts = batch.batch["input_ids"][:, :_prompt_len(batch)]
+    leaders = prompts[[firsts[k] for k in inverse]]
+    differ = (prompts != leaders).any(1).nonzero()
+    if len(differ):
+        row = int(differ[0])
+        raise ValueError(f"rows {firsts[inverse[row]]} and {row} share uid {uids[row]!r} but not their prompt tokens")
 
 
 def _same_media(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:

@@ -7,7 +7,7 @@ produced entirely under one adapter version). Both engines (transformers+peft, v
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol, runtime_checkable
 
@@ -15,6 +15,7 @@ from PIL import Image
 from torch import Tensor
 
 from spacevista.policies.chat import to_chat_messages
+from spacevista.policies.prompts import EncodedPrompt
 
 FinishReason = Literal["stop", "length"]
 
@@ -53,8 +54,7 @@ class SamplingParams:
     temperature: float = 1.0
     top_p: float = 1.0
     max_tokens: int = 64
-    min_tokens: int = 0  # end-of-sequence and stop strings are suppressed until this many tokens
-    stop: tuple[str, ...] = ()
+    min_tokens: int = 0  # end-of-sequence suppressed until this many tokens (benchmarks: equal work per mode)
     seed: int | None = None
 
     def __post_init__(self) -> None:
@@ -64,7 +64,6 @@ class SamplingParams:
         if self.temperature < 0 or not 0 < self.top_p <= 1:
             raise ValueError(f"SamplingParams: need temperature >= 0 and 0 < top_p <= 1, "
                              f"got {self.temperature}, {self.top_p}")
-        object.__setattr__(self, "stop", tuple(self.stop))
 
     @property
     def greedy(self) -> bool:
@@ -78,23 +77,28 @@ class SamplingParams:
 
 @dataclass
 class Completion:
-    """One sampled response.
+    """One sampled response, and the prompt it answers as the engine encoded it.
 
     `response_ids` include the end-of-sequence token when generation stopped on one. `logprobs[i]`
     is the log-probability of `response_ids[i]` under the sampling distribution: softmax of the
     logits divided by the temperature, renormalised over the top-p nucleus (greedy: the raw logits).
-    `text` is `response_ids` decoded without special tokens.
+    `text` is `response_ids` decoded without special tokens. `prompt` is shared by the n samples of a
+    request; between Ray actors it travels as an object-store reference, fetched only by the learner.
     """
 
     request_id: str
     sample_index: int
     expert: str
-    prompt_ids: list[int]
+    prompt: EncodedPrompt | Any
     response_ids: list[int]
     text: str
     logprobs: list[float]
     finish_reason: FinishReason
     adapter_version: int
+
+    @property
+    def prompt_ids(self) -> list[int]:
+        return self.prompt.input_ids
 
 
 @runtime_checkable
@@ -118,10 +122,6 @@ class Engine(Protocol):
         """Replace the named experts' LoRA tensors (peft saved format, see `expert_state_dict`)."""
         ...
 
-    def update_base(self, state_dict: Mapping[str, Tensor]) -> None:
-        """Replace base-model weights (Hugging Face checkpoint names), e.g. after SFT warm-up."""
-        ...
-
 
 def check_experts(requests: Sequence[GenerationRequest], experts: Sequence[str]) -> None:
     """Every request must name a served expert or `BASE_EXPERT`: an unknown name is an error, never the base model."""
@@ -137,22 +137,10 @@ def check_update(weights: Mapping[str, object], experts: Sequence[str]) -> None:
         raise KeyError(f"update_experts: unknown expert(s) {unknown}; serving {list(experts)}")
 
 
-def stop_string_hit(token_ids: Sequence[int], stop: Sequence[str], decode: Callable[[list[int]], str]) -> bool:
-    """Does the text end in a completed stop string? Decodes only the tail that could hold one
-    (a stop string of b bytes spans at most b tokens), as vLLM checks only its newest text."""
-    window = max(len(s.encode()) for s in stop)
-    text = decode(list(token_ids[-window:]))
-    return any(s in text for s in stop)
-
-
-def truncate_response(token_ids: Sequence[int], eos_ids: set[int], params: SamplingParams,
-                      decode: Callable[[list[int]], str]) -> tuple[list[int], FinishReason]:
-    """Cut a generated sequence after its first end-of-sequence token or completed stop string
-    (stop strings count only past `min_tokens`, as in vLLM)."""
+def cut_at_eos(token_ids: Sequence[int], eos_ids: set[int]) -> tuple[list[int], FinishReason]:
+    """A generated sequence up to and including its first end-of-sequence token."""
     ids = list(token_ids)
     for i, tok in enumerate(ids):
         if tok in eos_ids:
-            return ids[: i + 1], "stop"
-        if params.stop and i + 1 > params.min_tokens and stop_string_hit(ids[: i + 1], params.stop, decode):
             return ids[: i + 1], "stop"
     return ids, "length"

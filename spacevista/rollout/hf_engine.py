@@ -2,7 +2,8 @@
 
 The reference engine (runs anywhere torch does). Requests of all experts share one `generate` call
 per chunk of `max_batch_size` rows; `RoutedLoRA` applies each row's expert. Prompts go through the
-model's own processor (images, videos), left-padded.
+model's own processor (images, videos), left-padded, once (`policies.prompts`); each completion
+carries its request's encoded prompt, which the learner trains on as it is.
 """
 
 from __future__ import annotations
@@ -12,15 +13,15 @@ import threading
 from collections.abc import Mapping, Sequence
 
 import torch
-from transformers import (GenerationConfig, LogitsProcessor, StoppingCriteria, SuppressTokensLogitsProcessor,
-                          TemperatureLogitsWarper,
+from transformers import (GenerationConfig, LogitsProcessor, SuppressTokensLogitsProcessor, TemperatureLogitsWarper,
                           TopPLogitsWarper)
 
 from spacevista.policies.chat import media_token_ids
 from spacevista.policies.experts import ExpertLoRAConfig, attach_experts, load_expert_state_dict
+from spacevista.policies.prompts import encode_batch
 from spacevista.policies.tiny import load_policy
-from spacevista.rollout.engine import (Completion, GenerationRequest, SamplingParams, check_experts,
-                                       check_update, stop_string_hit, truncate_response)
+from spacevista.rollout.engine import (Completion, GenerationRequest, SamplingParams, check_experts, check_update,
+                                       cut_at_eos)
 from spacevista.rollout.routed_lora import RoutedLoRA
 
 
@@ -50,20 +51,6 @@ class _SampledLogprobs(LogitsProcessor):
         """[rows, generated steps] log-probs, given the full output sequences."""
         self._collect(sequences[:, -1])
         return torch.stack(self.steps, dim=1).cpu() if self.steps else torch.zeros(sequences.shape[0], 0)
-
-
-class _StopStrings(StoppingCriteria):
-    """Per row: a stop string completed past `min_tokens` (transformers' own `stop_strings` ignore
-    `min_new_tokens`; vLLM's do not, and both engines must agree)."""
-
-    def __init__(self, prompt_len: int, params: SamplingParams, decode) -> None:
-        self.prompt_len, self.params, self.decode = prompt_len, params, decode
-
-    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs) -> torch.BoolTensor:
-        generated = input_ids[:, self.prompt_len:].tolist()
-        done = [len(ids) > self.params.min_tokens and stop_string_hit(ids, self.params.stop, self.decode)
-                for ids in generated]
-        return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
 
 
 class HFEngine:
@@ -110,22 +97,6 @@ class HFEngine:
             self._routed.refresh()
             self._version = version
 
-    def update_base(self, state_dict: Mapping[str, torch.Tensor]) -> None:
-        """Replace every base weight (a full `state_dict()` of the plain Hugging Face model)."""
-        base = self.model.get_base_model()
-        targets = [k for k in base.state_dict() if "lora_" not in k]
-        # peft moved each targeted layer's weights under `.base_layer`; map checkpoint names onto them.
-        names = {k.replace(".base_layer.", "."): k for k in targets}
-        unknown = sorted(set(state_dict) - set(names))
-        missing = sorted(set(names) - set(state_dict))
-        if unknown or missing:
-            raise KeyError(f"update_base: {len(unknown)} unknown weights (e.g. {unknown[:3]}), "
-                           f"{len(missing)} missing (e.g. {missing[:3]})")
-        with self._lock, torch.no_grad():
-            tensors = base.state_dict(keep_vars=True)
-            for key, value in state_dict.items():
-                tensors[names[key]].copy_(value)
-
     def generate(self, requests: Sequence[GenerationRequest], params: SamplingParams) -> list[Completion]:
         check_experts(requests, self._experts)
         chunk = max(1, self.max_batch_size // params.distinct_samples)
@@ -153,38 +124,30 @@ class HFEngine:
         config = GenerationConfig(
             **self._token_ids, do_sample=not params.greedy, **neutral,
             max_new_tokens=params.max_tokens, min_new_tokens=params.min_tokens or None,
-            num_return_sequences=params.distinct_samples, return_dict_in_generate=True)
+            num_return_sequences=params.distinct_samples,
+            return_dict_in_generate=True)
         return config, warpers
 
     def _generate_chunk(self, requests: Sequence[GenerationRequest], params: SamplingParams) -> list[Completion]:
-        texts = [self.processor.apply_chat_template(r.chat_messages(), add_generation_prompt=True, tokenize=False)
-                 for r in requests]
-        images = [im for r in requests for im in r.images]
-        videos = [v for r in requests for v in r.videos]
-        inputs = self.processor(text=texts, images=images or None, videos=videos or None,
-                                padding=True, return_tensors="pt").to(self.device)
+        batch, prompts = encode_batch(self.processor, requests)
+        inputs = {k: v.to(self.device) for k, v in batch.items()}
         rows = params.distinct_samples
         prompt_len = inputs["input_ids"].shape[1]
         recorder = _SampledLogprobs()
         config, warpers = self._generation_config(params)
-        stopping = [_StopStrings(prompt_len, params, self._decode)] if params.stop else []
         expert_index = self._routed.expert_index([r.expert for r in requests for _ in range(rows)])
         with self._routed.route(expert_index):
-            output = self.model.generate(**inputs, generation_config=config, logits_processor=[self._no_media, *warpers, recorder],
-                                         stopping_criteria=stopping)
+            output = self.model.generate(**inputs, generation_config=config,
+                                         logits_processor=[self._no_media, *warpers, recorder])
         generated = output.sequences[:, prompt_len:].cpu()
         logprobs = recorder.finish(output.sequences)
         completions = []
-        for i, request in enumerate(requests):
-            mask = inputs["attention_mask"][i].bool().cpu()
-            prompt_ids = inputs["input_ids"][i].cpu()[mask].tolist()
+        for i, (request, prompt) in enumerate(zip(requests, prompts)):
             for k in range(params.n):
                 row = i * rows + (0 if params.greedy else k)
-                ids, finish = truncate_response(generated[row].tolist(), self._eos_ids, params, self._decode)
+                ids, finish = cut_at_eos(generated[row].tolist(), self._eos_ids)
                 completions.append(Completion(
-                    request_id=request.request_id, sample_index=k, expert=request.expert,
-                    prompt_ids=prompt_ids, response_ids=ids,
-                    text=self._decode(ids),
-                    logprobs=logprobs[row, :len(ids)].tolist(), finish_reason=finish,
-                    adapter_version=self._version))
+                    request_id=request.request_id, sample_index=k, expert=request.expert, prompt=prompt,
+                    response_ids=ids, text=self._decode(ids), logprobs=logprobs[row, :len(ids)].tolist(),
+                    finish_reason=finish, adapter_version=self._version))
         return completions

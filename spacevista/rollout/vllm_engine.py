@@ -21,10 +21,10 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors.torch import save_file
 
 from spacevista.policies.chat import media_token_ids
 from spacevista.policies.experts import ExpertLoRAConfig, attach_experts, expert_state_dict, write_expert_dir
+from spacevista.policies.prompts import EncodedPrompt, chat_text, encode_prompts
 from spacevista.policies.tiny import load_policy
 from spacevista.rollout.engine import (BASE_EXPERT, VIDEO_FPS, Completion, GenerationRequest, SamplingParams,
                                        check_experts, check_update)
@@ -139,25 +139,12 @@ class VLLMEngine:
         """The adapter ids vLLM holds now (after an update: only the current ones)."""
         return set(self.llm.llm_engine.list_loras())
 
-    def update_base(self, state_dict: Mapping[str, torch.Tensor]) -> None:
-        """Reload the base weights in place (checkpoint names, old or new Qwen2.5-VL layout)."""
-        with self._lock, tempfile.TemporaryDirectory(dir=self._root, prefix=".base-") as tmp:
-            save_file({k: v.detach().to("cpu").contiguous() for k, v in state_dict.items()},
-                      Path(tmp) / "model.safetensors")
-            self.llm.collective_rpc("reload_weights", kwargs={"weights_path": tmp})
-            # Everything computed with the old weights goes: KV blocks, vision encoder outputs, and the
-            # multimodal caches on both sides of the engine process (the worker alone desyncs them).
-            self.llm.reset_prefix_cache()
-            self.llm.llm_engine.reset_encoder_cache()
-            self.llm.reset_mm_cache()
-            for request in self._adapters.values():  # reloading drops the loaded adapters
-                self.llm.llm_engine.add_lora(request)
-
     def generate(self, requests: Sequence[GenerationRequest], params: SamplingParams) -> list[Completion]:
         check_experts(requests, self._experts)
         routed = [i for i, r in enumerate(requests) if r.expert != BASE_EXPERT]
         base = [i for i, r in enumerate(requests) if r.expert == BASE_EXPERT]
         by_index: dict[int, list[Completion]] = {}
+        prompts = encode_prompts(self.processor, requests)  # what the learner trains on (vLLM keeps its own)
         with self._lock:
             for group in (routed, base):  # never in one call: see the module docstring
                 if group:
@@ -167,11 +154,11 @@ class VLLMEngine:
                         lora_request=[self._adapters.get(requests[i].expert) for i in group],
                         use_tqdm=False)
                     for i, output in zip(group, outputs):
-                        by_index[i] = self._completions(requests[i], output, params)
+                        by_index[i] = self._completions(requests[i], prompts[i], output, params)
             return [c for i in range(len(requests)) for c in by_index[i]]
 
     def _prompt(self, request: GenerationRequest) -> dict[str, Any]:
-        text = self.processor.apply_chat_template(request.chat_messages(), add_generation_prompt=True, tokenize=False)
+        text = chat_text(self.processor, request, request.request_id)
         media: dict[str, Any] = {}
         if request.images:
             media["image"] = list(request.images)
@@ -184,18 +171,21 @@ class VLLMEngine:
         seed = None if params.seed is None else params.seed + index * params.n
         return self._vllm.SamplingParams(
             n=params.distinct_samples, temperature=params.temperature, top_p=params.top_p,
-            max_tokens=params.max_tokens, min_tokens=params.min_tokens, stop=list(params.stop) or None, seed=seed,
-            logprobs=0, logit_bias=self._no_media)
+            max_tokens=params.max_tokens, min_tokens=params.min_tokens, seed=seed, logprobs=0,
+            logit_bias=self._no_media)
 
-    def _completions(self, request: GenerationRequest, output, params: SamplingParams) -> list[Completion]:
+    def _completions(self, request: GenerationRequest, prompt: EncodedPrompt, output,
+                     params: SamplingParams) -> list[Completion]:
+        if list(output.prompt_token_ids) != prompt.input_ids:
+            raise RuntimeError(f"request {request.request_id!r}: vLLM tokenized the prompt differently from the "
+                               f"model's processor ({len(output.prompt_token_ids)} vs {len(prompt)} tokens)")
         samples = sorted(output.outputs, key=lambda s: s.index)
         completions = []
         for k in range(params.n):
             sample = samples[0 if params.greedy else k]  # greedy: one sample, repeated
             ids = list(sample.token_ids)
             completions.append(Completion(
-                request_id=request.request_id, sample_index=k, expert=request.expert,
-                prompt_ids=list(output.prompt_token_ids), response_ids=ids,
+                request_id=request.request_id, sample_index=k, expert=request.expert, prompt=prompt, response_ids=ids,
                 text=self.tokenizer.decode(ids, skip_special_tokens=True),
                 logprobs=[step[tok].logprob for step, tok in zip(sample.logprobs, ids)],
                 finish_reason=_finish_reason(request, sample.finish_reason),
