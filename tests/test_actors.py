@@ -69,3 +69,35 @@ def test_too_many_gpus_fails_naming_what_is_missing():
     msg = str(err.value)
     assert "need 6 GPU (rollout 4 x 1, learner 2 x 1) but the cluster has 0" in msg
     assert "no node can hold one rollout worker" in msg
+
+
+REGISTERED = '''
+from spacevista.rewards import register_reward
+
+
+@register_reward("length_bonus")
+def length_bonus(data_source, solution_str, ground_truth, extra_info=None):
+    return min(1.0, len(solution_str) / 100)
+'''
+
+
+def test_a_plugin_registered_in_the_driver_reaches_the_reward_workers(local_ray, tmp_path, monkeypatch):
+    """The module lives where the workers cannot import it: the function travels by value."""
+    import importlib
+
+    from spacevista.actors.setup import registered_plugins
+    from spacevista.configs.schema import PluginConfig, RewardConfig
+
+    (tmp_path / "driver_rewards.py").write_text(REGISTERED)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    importlib.import_module("driver_rewards")
+    reward = RewardConfig(plugins=[PluginConfig(spec="length_bonus", weight=1.0)])
+    shipped = registered_plugins(reward)
+    assert list(shipped) == ["length_bonus"]
+    config = {"plugins": [{"spec": "length_bonus", "weight": 1.0}]}
+    pool = WorkerPool.reward(config, reserve("reward", RoleConfig(count=1, num_cpus=0.25)), "t", shipped)
+    try:
+        out = pool.score(items(2), {"format": 0.2, "scale": 0.3, "accuracy": 0.5})
+        assert [b.components["length_bonus"] for b in out] == [min(1.0, len(c) / 100) for _, c, _, _ in items(2)]
+    finally:
+        pool.shutdown()

@@ -26,7 +26,7 @@ from spacevista import checkpointing
 from spacevista.actors.learner import LearnerGroup
 from spacevista.actors.pool import WorkerPool
 from spacevista.actors.workers import RolloutItem
-from spacevista.actors.setup import (PreparedRun, prepare_run, reward_config_dict, start_ray,
+from spacevista.actors.setup import (PreparedRun, prepare_run, registered_plugins, reward_config_dict, start_ray,
                                      stage_reward_weights, validate_config)
 from spacevista.cluster.metrics import RayMetrics
 from spacevista.cluster.resources import check_cluster, reserve
@@ -158,7 +158,8 @@ def _train(cfg: TrainConfig, run_dir: Path, prep: PreparedRun, config_dict: dict
 
     policy_path = learners.export_policy(run_dir / "policy") or prep.model_path
     rollout = WorkerPool.rollout(cfg, str(policy_path), reserve("rollout", cfg.cluster.rollout), run_name)
-    reward = WorkerPool.reward(reward_config_dict(cfg.reward), reserve("reward", cfg.cluster.reward), run_name)
+    reward = WorkerPool.reward(reward_config_dict(cfg.reward), reserve("reward", cfg.cluster.reward), run_name,
+                               registered_plugins(cfg.reward))
     expert_refs = learners.expert_refs(version=start_step)  # what rollout workers must serve now
     if pending_state is not None:
         pending = _Rollout.from_dict(pending_state, cfg, prep, rollout)

@@ -49,8 +49,9 @@ class WorkerPool:
         return cls("rollout", actors, group)
 
     @classmethod
-    def reward(cls, reward_config: dict[str, Any], group: RoleGroup, run_name: str) -> WorkerPool:
-        actors = [RewardWorker.options(**actor_options(group, i, run_name)).remote(reward_config)
+    def reward(cls, reward_config: dict[str, Any], group: RoleGroup, run_name: str,
+               registered: dict[str, Any] | None = None) -> WorkerPool:
+        actors = [RewardWorker.options(**actor_options(group, i, run_name)).remote(reward_config, registered)
                   for i in range(group.config.count)]
         return cls("reward", actors, group)
 

@@ -227,5 +227,27 @@ def reward_config_dict(reward: RewardConfig) -> dict[str, Any]:
     }
 
 
+def registered_plugins(reward: RewardConfig) -> dict[str, Any]:
+    """{name: function} of the configured plugins registered in THIS process with `@register_reward`:
+    a Ray reward worker is another process, which never ran the decorator, so the functions travel
+    with the worker's constructor (by value when their module is not importable as a package)."""
+    import sys
+
+    from ray import cloudpickle
+
+    from spacevista.rewards.registry import registered_reward
+
+    shipped = {}
+    for plugin in reward.plugins:
+        fn = registered_reward(plugin.spec)
+        if fn is None:
+            continue
+        module = sys.modules.get(getattr(fn, "__module__", ""))
+        if module is not None and module.__name__ != "__main__" and not module.__name__.startswith("spacevista."):
+            cloudpickle.register_pickle_by_value(module)  # the worker may not be able to import it
+        shipped[plugin.spec] = fn
+    return shipped
+
+
 def stage_reward_weights(stage: StageConfig) -> dict[str, Any]:
     return {**dataclasses.asdict(stage.reward_weights), "gate_scale": stage.scale_gate}

@@ -111,9 +111,12 @@ class RolloutWorker:
 class RewardWorker:
     """Holds the reward pipeline (stepwise reward + plugins); stateless between calls."""
 
-    def __init__(self, reward_config: dict[str, Any]):
+    def __init__(self, reward_config: dict[str, Any], registered: dict[str, Any] | None = None):
         from spacevista.rewards.pipeline import RewardPipeline
+        from spacevista.rewards.registry import register_reward
 
+        for name, fn in (registered or {}).items():  # @register_reward plugins of the driver process
+            register_reward(name)(fn)
         self.pipeline = RewardPipeline(reward_config)  # a plugin that fails to import fails here, at start
 
     def score(self, items: list, weights: Any = None) -> list:

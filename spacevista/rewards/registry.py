@@ -55,6 +55,11 @@ def register_reward(name: str) -> Callable[[F], F]:
     return decorator
 
 
+def registered_reward(name: str) -> RewardFn | None:
+    """The function registered under `name` in this process (None if there is none)."""
+    return _REGISTRY.get(name)
+
+
 def _qualified(fn: RewardFn) -> str:
     return f"{getattr(fn, '__module__', '?')}:{getattr(fn, '__qualname__', repr(fn))}"
 
