@@ -34,10 +34,28 @@ def resolve_prompts(samples: list) -> list:
             for s in samples]
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("", 0))
-        return s.getsockname()[1]
+def listening_socket(address: str) -> socket.socket:
+    """A TCP socket listening on `address` only (a free port): the rendezvous store's, so that a
+    local run's store is reachable from this machine alone (torch's own store binds every interface)."""
+    family = socket.AF_INET6 if ":" in address else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((address, 0))
+    sock.listen(128)
+    return sock
+
+
+def rendezvous_store(address: str, port: int, rank: int, world_size: int, listener: socket.socket | None = None,
+                     timeout_s: float = 300.0):
+    """torch.distributed's TCPStore: rank 0 serves it on `listener` (bound to `address`), the others connect."""
+    import datetime
+
+    import torch.distributed as dist
+
+    timeout = datetime.timedelta(seconds=timeout_s)
+    if rank == 0:
+        return dist.TCPStore(address, port, world_size, True, timeout, master_listen_fd=listener.fileno())
+    return dist.TCPStore(address, port, world_size, False, timeout)
 
 
 @ray.remote
@@ -48,10 +66,13 @@ class LearnerWorker:
         init_actor_process()
         self.rank, self.world_size, self.cfg, self.model_path = rank, world_size, cfg, model_path
         self.core = None
+        self._listener: socket.socket | None = None  # rank 0: the rendezvous store's listening socket
 
     def rendezvous(self) -> tuple[str, int]:
-        """Rank 0's address for the process group (called on rank 0 only)."""
-        return ray.util.get_node_ip_address(), _free_port()
+        """Rank 0's address for the process group (called on rank 0 only): this node's Ray address
+        (127.0.0.1 for a local run) and a port listening on that address alone."""
+        self._listener = listening_socket(ray.util.get_node_ip_address())
+        return self._listener.getsockname()[:2]
 
     def setup(self, master_addr: str, master_port: int) -> int:
         import torch.distributed as dist
@@ -61,8 +82,8 @@ class LearnerWorker:
         backend = self.cfg.cluster.backend
         if backend == "auto":
             backend = "nccl" if torch.cuda.is_available() and self.cfg.cluster.learner.num_gpus > 0 else "gloo"
-        dist.init_process_group(backend, init_method=f"tcp://{master_addr}:{master_port}",
-                                rank=self.rank, world_size=self.world_size)
+        store = rendezvous_store(master_addr, master_port, self.rank, self.world_size, self._listener)
+        dist.init_process_group(backend, store=store, rank=self.rank, world_size=self.world_size)
         cfg = self.cfg
         device = "cuda" if backend == "nccl" else "cpu"
         self.core = LearnerCore(
