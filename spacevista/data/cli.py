@@ -11,6 +11,7 @@ from rich.console import Console
 from rich.table import Table
 
 from spacevista import scales
+from spacevista.configs.schema import SynthConfig
 from spacevista.data.convert import (
     DATA_SOURCE,
     DEFAULT_NUM_FRAMES,
@@ -28,11 +29,15 @@ def add_subparser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentPa
 
     synth = commands.add_parser("synth", help="render synthetic all-scale scenes to parquet (train + test splits)")
     synth.add_argument("--out", required=True, type=Path, help="output directory (gets train/, test/, manifest.json)")
-    synth.add_argument("--n", type=int, default=2000, help="number of records in all (default 2000)")
-    synth.add_argument("--seed", type=int, default=0)
-    synth.add_argument("--frames", type=int, default=4, help="frames per clip (default 4)")
-    synth.add_argument("--size", type=int, default=112, help="frame width and height in pixels (default 112)")
-    synth.add_argument("--test-fraction", type=float, default=0.1, help="held-out fraction (default 0.1)")
+    embedded = SynthConfig()  # the embedded default's data: one home for these defaults
+    synth.add_argument("--n", type=int, default=embedded.n, help=f"number of records in all (default {embedded.n})")
+    synth.add_argument("--seed", type=int, default=embedded.seed)
+    synth.add_argument("--frames", type=int, default=embedded.frames,
+                       help=f"frames per clip (default {embedded.frames})")
+    synth.add_argument("--size", type=int, default=embedded.size,
+                       help=f"frame width and height in pixels (default {embedded.size}, as the embedded default)")
+    synth.add_argument("--test-fraction", type=float, default=embedded.test_fraction,
+                       help=f"held-out fraction (default {embedded.test_fraction})")
     synth.add_argument("--no-instruction", action="store_true", help="omit the system message with the output format")
     synth.add_argument("--shard-size", type=int, default=1000, help="records per parquet shard")
     synth.add_argument("--overwrite", action="store_true", help="replace existing shards in --out")

@@ -37,7 +37,13 @@ def add_subparser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentPa
     parser = subparsers.add_parser("rewards", help="list rewards; score completions from a JSONL file")
     commands = parser.add_subparsers(dest="rewards_command", required=True)
     commands.add_parser("list", help="built-in, registered and entry-point rewards").set_defaults(func=list_rewards)
-    score = commands.add_parser("score", help='score {"completion", "record"} lines; writes score + breakdown')
+    score = commands.add_parser(
+        "score", help='score {"completion", "record"} lines; writes score + breakdown',
+        description='Each input line is a JSON object {"completion": "<think>..</think>...<answer>3.2 m</answer>", '
+                    '"record": GROUND_TRUTH}, GROUND_TRUTH being what a parquet row holds in '
+                    'reward_model.ground_truth: {"scale": "indoor", "task": "object_size", "type": "numeric", '
+                    '"value": 3.2, "unit": "m", "choices": []} (optionally "output_format", "count_metric"). '
+                    'Each output line is the input object plus "score", "breakdown" and "reasons".')
     score.add_argument("file", type=Path, help="input JSONL")
     score.add_argument("--out", type=Path, required=True, help="output JSONL")
     score.add_argument("--reward", default=STEPWISE, help="main reward: a name or a plugin spec (default: stepwise)")
