@@ -257,3 +257,22 @@ def test_model_dense_composes_from_overrides_and_bad_values_fail_naming_the_key(
         check_config(to_train_config(compose(["model.dense.train_sft=[encoder]"])))
     with pytest.raises(ConfigError, match="model.dense.frames_per_patch"):
         check_config(to_train_config(compose(["model.dense.frames_per_patch=3"])))
+
+
+def test_disabled_gives_the_base_policy_back_inside_the_block(policy, dense_cfg):
+    model, processor = policy
+    inputs = _inputs(processor, "image")
+    with torch.no_grad():
+        base = model(**inputs).logits
+        branch = _branch(model, processor, dense_cfg, gate=1.0)
+        with branch.disabled():
+            assert torch.equal(model(**inputs).logits, base)
+        assert not torch.equal(model(**inputs).logits, base)
+
+
+def test_building_the_tiny_encoder_leaves_the_callers_random_stream_alone(tmp_path):
+    torch.manual_seed(3)
+    build_tiny_dense_encoder(tmp_path, TinyDenseEncoderConfig(seed=7))
+    drawn = torch.rand(4)
+    torch.manual_seed(3)
+    assert torch.equal(drawn, torch.rand(4))  # ranks that build and ranks that reuse init the fusion alike

@@ -5,6 +5,7 @@ Layout of a checkpoint directory:
   learner.pt     router, optimizer (full state dict keyed by parameter names), scheduler, step, RNG
   base/          only if the base model was trained (full-parameter SFT): a Hugging Face model
                  directory with the processor; resume by building the learner from it
+  dense_fusion.safetensors  only with the dense branch: its trained fusion (metadata: encoder id, shapes)
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import torch
 from peft import PeftModel
 from safetensors.torch import load_file
 
+from spacevista.policies.dense import FUSION_FILE, load_fusion, save_fusion
 from spacevista.policies.experts import write_expert_dir
 
 LEARNER_FILE = "learner.pt"
@@ -92,6 +94,8 @@ def write(directory: Path, state: dict[str, Any], model: PeftModel, processor) -
     torch.save({k: state[k] for k in ("router", "optimizer", "scheduler", "step", "rng")}, directory / LEARNER_FILE)
     if state.get("base"):
         save_hf_base(directory / BASE_DIR, state["base"], model, processor)
+    if state.get("dense"):
+        save_fusion(directory / FUSION_FILE, state["dense"], state.get("dense_meta", {}))
 
 
 def read(directory: Path, experts: list[str]) -> dict[str, Any]:
@@ -102,4 +106,6 @@ def read(directory: Path, experts: list[str]) -> dict[str, Any]:
     base_dir = directory / BASE_DIR
     state["base"] = (AutoModelForImageTextToText.from_pretrained(base_dir).state_dict()
                      if (base_dir / "config.json").exists() else None)
+    state["dense"], state["dense_meta"] = (load_fusion(directory / FUSION_FILE) if (directory / FUSION_FILE).exists()
+                                           else (None, {}))
     return state

@@ -19,11 +19,13 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import torch
+import torch.distributed as dist
 from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
@@ -126,6 +128,7 @@ class DenseBranch:
         self._mean = torch.tensor(image_mean, dtype=torch.float32).view(1, 3, 1, 1)
         self._std = torch.tensor(image_std, dtype=torch.float32).view(1, 3, 1, 1)
         self._handle: Any = None
+        self._enabled = True
         self._layout: tuple[int, int, int] | None = None  # patch, temporal patch, merge size of the tower
 
     @classmethod
@@ -158,6 +161,8 @@ class DenseBranch:
             self._handle = None
 
     def _hook(self, module: nn.Module, args: tuple, kwargs: dict, output: Any) -> Any:
+        if not self._enabled:
+            return output
         pixels = args[0] if args else kwargs["hidden_states"]
         grid = kwargs["grid_thw"] if "grid_thw" in kwargs else args[1]
         output.pooler_output = self.fuse(output.pooler_output, pixels, grid)
@@ -247,11 +252,34 @@ class DenseBranch:
     def load(self, path: str | Path) -> int:
         """Load fusion weights saved for the same encoder; returns their version."""
         state, meta = load_fusion(path)
+        self.load_state(state, meta, str(path))
+        return int(meta.get("version", 0))
+
+    def load_state(self, state: Mapping[str, torch.Tensor], meta: Mapping[str, str], source: str = "weights") -> None:
+        """Load fusion weights in place, refusing ones trained on another encoder's features."""
         if meta.get("encoder_id", self.encoder.encoder_id) != self.encoder.encoder_id:
-            raise ValueError(f"{path}: fusion trained on encoder {meta['encoder_id']}, this branch runs "
+            raise ValueError(f"{source}: fusion trained on encoder {meta['encoder_id']}, this branch runs "
                              f"{self.encoder.encoder_id}")
         load_fusion_state_dict(self.fusion, state)
-        return int(meta.get("version", 0))
+
+    @contextmanager
+    def disabled(self) -> Iterator[None]:
+        """The base policy inside the block (the vision tower's output passes unfused), e.g. for
+        reference log-probs."""
+        self._enabled = False
+        try:
+            yield
+        finally:
+            self._enabled = True
+
+    def average_gradients(self) -> None:
+        """All-reduce the replicated fusion's gradients to their mean over ranks (every rank calls it)."""
+        world = dist.get_world_size()
+        for p in self.fusion.parameters():
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
+            dist.all_reduce(p.grad)
+            p.grad.div_(world)
 
 
 def _check_parts(parts: Iterable[str]) -> list[str]:

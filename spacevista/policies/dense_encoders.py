@@ -140,8 +140,9 @@ def build_tiny_dense_encoder(cache_dir: str | os.PathLike, cfg: TinyDenseEncoder
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=".build-"))
     try:
-        torch.manual_seed(cfg.seed)
-        model = AutoModel.from_config(_tiny_config(cfg, kind, resolution))
+        with torch.random.fork_rng():  # the caller's RNG stream must not depend on whether we built or reused
+            torch.manual_seed(cfg.seed)
+            model = AutoModel.from_config(_tiny_config(cfg, kind, resolution))
         model.save_pretrained(tmp)
         (tmp / "preprocessor_config.json").write_text(json.dumps(
             {"image_mean": list(IMAGENET_MEAN), "image_std": list(IMAGENET_STD)}, indent=1))

@@ -15,6 +15,10 @@ Memory (policies/memory.py, sharding.py): `gradient_checkpointing` recomputes ea
 rows, `attn_implementation` picks the attention kernel, `mixed_precision` FSDP2's bf16 parameters
 with fp32 gradient reduction (auto: on CUDA only). Each gives the plain path's loss and gradients.
 
+Dense branch (`dense.enabled`, policies/dense.py): a hook on the vision tower fuses it into every forward;
+its fusion is replicated (gradients all-reduced, like the router's), the "dense" optimizer group trained as
+`dense.train_sft` / `train_rl` say; reference log-probs run without it; checkpoints hold it beside the experts.
+
 Under FSDP (`fsdp=True`) the caller has initialised torch.distributed; every method that touches
 weights (steps, `expert_state_dicts`, `base_state_dict`, `state_dict`, `save_checkpoint`) is
 collective: call it on every rank. Rank-0-only results are empty on the other ranks.
@@ -42,8 +46,10 @@ from torch.distributed.checkpoint.state_dict import (
 from verl import DataProto
 from verl.trainer.ppo.core_algos import agg_loss
 
+from spacevista.configs.dense import DenseConfig
 from spacevista.policies import checkpoint
 from spacevista.policies.batch import TrainSample, sft_collate
+from spacevista.policies.dense import DenseBranch, fusion_state_dict, gate_value, set_fusion_trainable
 from spacevista.policies.experts import ExpertLoRAConfig, attach_experts, base_model_only, expert_parameters
 from spacevista.policies.logprobs import forward_logprobs, policy_logprobs, prompt_groups, reference_logprobs
 from spacevista.policies.memory import checkpoint_activations, token_budget_plan, trim_left_padding
@@ -61,6 +67,7 @@ from spacevista.policies.sharding import fsdp_root, gather_full_state, shard_pol
 from spacevista.policies.tiny import load_policy
 
 ADDITIVE_METRICS = ("loss", "pg_loss", "kl", "entropy", "sft_loss")  # shares of the global mean: summed
+SEPARATE_CLIP = ("router", "dense")  # replicated plain tensors: clipped apart from the FSDP (DTensor) parameters
 
 
 def is_lora(name: str) -> bool:
@@ -76,7 +83,7 @@ class LearnerCore:
                  device: str = "cpu", sft_full_params: bool = False, temperature: float = 1.0,
                  seed: int = 0, share_prompts: bool = True, gradient_checkpointing: bool = False,
                  max_tokens_per_micro_batch: int = 0, attn_implementation: str = "sdpa",
-                 mixed_precision: str = "auto") -> None:
+                 mixed_precision: str = "auto", dense: DenseConfig | None = None) -> None:
         self.experts = list(experts)
         self.objective = objective or ObjectiveConfig()
         self.optim_cfg = optim or OptimConfig()
@@ -95,12 +102,16 @@ class LearnerCore:
         base, self.processor = load_policy(model_path, device=device, attn_implementation=attn_implementation)
         self.model = attach_experts(base, self.experts, lora)
         self.router = ScaleRouter(self.experts, feature_dim(self.model), router).to(self.device)
+        self.dense_cfg = dense if dense is not None and dense.enabled else None
+        self.dense = DenseBranch.build(dense, self.model, self.processor, self.device) if self.dense_cfg else None
         if gradient_checkpointing:
             checkpoint_activations(self.model)
         if fsdp:
             shard_policy(self.model, self.device.type, mixed_precision)
         self._vision_ids = vision_token_ids(self.model)
         self._state_modules = nn.ModuleDict({"policy": self.model, "router": self.router})  # for optimizer state dicts
+        if self.dense is not None:
+            self._state_modules["dense"] = self.dense.fusion
 
         groups = [ParamGroup(f"expert/{e}", list(expert_parameters(self.model, e).values())) for e in self.experts]
         if self.router.classifier is not None:
@@ -108,6 +119,8 @@ class LearnerCore:
                                      self.router.cfg.weight_decay))
         if sft_full_params:
             groups.append(ParamGroup("base", [p for n, p in self.model.named_parameters() if not is_lora(n)]))
+        if self.dense is not None:
+            groups.append(ParamGroup("dense", list(self.dense.fusion.parameters()), self.dense_cfg.lr or None))
         self.optimizer = build_optimizer(groups, self.optim_cfg)
         self.scheduler = build_scheduler(self.optimizer, self.optim_cfg)
         self._set_trainable(base=False)
@@ -123,19 +136,20 @@ class LearnerCore:
         """
         cfg = self.objective
         temperature = float(batch.meta_info.get("temperature", self.temperature))
-        self._set_trainable(base=False)
+        self._set_trainable(base=False, dense_parts=self.dense_cfg.train_rl if self.dense_cfg else ())
         stats = self._global_stats(batch, self.share_prompts)
 
         def loss_fn(mb: DataProto) -> tuple[torch.Tensor, dict[str, float]]:
             share = self.share_prompts
-            ref = reference_logprobs(self.model, mb, temperature, share_prompts=share) if cfg.kl_coef > 0 else None
+            with self.dense.disabled() if self.dense is not None else nullcontext():  # the reference: base policy
+                ref = reference_logprobs(self.model, mb, temperature, share_prompts=share) if cfg.kl_coef > 0 else None
             logprobs, entropy = policy_logprobs(self.model, mb, temperature, with_entropy=cfg.entropy_coeff != 0,
                                                 share_prompts=share)
             old = mb.batch["old_log_probs"].to(self.device) if "old_log_probs" in mb.batch.keys() else logprobs.detach()
             return policy_objective(logprobs, old, ref, mb.batch["advantages"].to(self.device),
                                     mb.batch["response_mask"].to(self.device), cfg, entropy, stats["batch_info"])
 
-        present = {f"expert/{e}" for e in stats["experts"]}
+        present = {f"expert/{e}" for e in stats["experts"]} | self._dense_present("train_rl")
         return self._step(batch, loss_fn, stats, present)
 
     def sft_step(self, samples: Sequence[TrainSample], targets: Sequence[str]) -> dict[str, float]:
@@ -144,7 +158,7 @@ class LearnerCore:
         sample's expert is trained."""
         batch = sft_collate(self.processor, samples, targets)
         full = self.sft_full_params
-        self._set_trainable(base=full)
+        self._set_trainable(base=full, dense_parts=self.dense_cfg.train_sft if self.dense_cfg else ())
         stats = self._global_stats(batch, shared=False)
 
         def loss_fn(mb: DataProto) -> tuple[torch.Tensor, dict[str, float]]:
@@ -156,14 +170,22 @@ class LearnerCore:
             return nll, {"sft_loss": nll.item()}
 
         present = {"base"} if full else {f"expert/{e}" for e in stats["experts"]}
+        present |= self._dense_present("train_sft")
         metrics = self._step(batch, loss_fn, stats, present, scheduled=False)
         self.base_trained |= full
         return metrics
 
-    def _set_trainable(self, base: bool) -> None:
-        """Experts train unless the base does (full SFT runs with experts off)."""
+    def _set_trainable(self, base: bool, dense_parts: Sequence[str] = ()) -> None:
+        """Experts train unless the base does (full SFT runs with experts off); the dense fusion's
+        `dense_parts` train in either case."""
         for name, param in self.model.named_parameters():
             param.requires_grad_(not base if is_lora(name) else base)
+        if self.dense is not None:
+            set_fusion_trainable(self.dense.fusion, dense_parts)
+
+    def _dense_present(self, mode: str) -> set[str]:
+        """{"dense"} when the fusion trains in this mode (`train_sft` / `train_rl` name some part)."""
+        return {"dense"} if self.dense_cfg is not None and getattr(self.dense_cfg, mode) else set()
 
     def _global_stats(self, batch: DataProto, shared: bool) -> dict[str, Any]:
         """One all-gather: experts present anywhere, global token/sequence/label counts, micro-batch
@@ -221,6 +243,8 @@ class LearnerCore:
                 sums[k] += v if k in ADDITIVE_METRICS else v * weight
             if train_router:
                 features.append(self._prompt_features(mb, capture.embeds))
+        if "dense" in present and self.world > 1:
+            self.dense.average_gradients()  # replicated, so averaged like FSDP's sharded gradients
         if train_router:
             labels = [label for mb in micro for label in mb.non_tensor_batch["scale_label"]]  # micro-batch order
             sums.update(self._router_backward(torch.cat(features), labels, stats["labelled"]))
@@ -228,16 +252,18 @@ class LearnerCore:
         out = self._reduce_metrics(sums, stats["batch_info"]["batch_num_tokens"])
         if scheduled:
             out["lr"] = self.scheduler.get_last_lr()[0]
-            out.update(step_present(self.optimizer, present, self.optim_cfg.grad_clip))
+            out.update(step_present(self.optimizer, present, self.optim_cfg.grad_clip, SEPARATE_CLIP))
             self.scheduler.step()
         else:
             scheduled_lrs = [group["lr"] for group in self.optimizer.param_groups]
             for group in self.optimizer.param_groups:
                 group["lr"] = group["initial_lr"]
             out["lr"] = self.optimizer.param_groups[0]["lr"]
-            out.update(step_present(self.optimizer, present, self.optim_cfg.grad_clip))
+            out.update(step_present(self.optimizer, present, self.optim_cfg.grad_clip, SEPARATE_CLIP))
             for group, lr in zip(self.optimizer.param_groups, scheduled_lrs):
                 group["lr"] = lr
+        if self.dense is not None:
+            out.update({"dense/gate": gate_value(self.dense.fusion), **self.dense.cache.stats.as_dict()})
         self.step += 1
         self.stepped_experts = [e for e in self.experts if f"expert/{e}" in present]
         out.update(step=self.step, experts_stepped=sum(p.startswith("expert/") for p in present),
@@ -291,6 +317,10 @@ class LearnerCore:
             return {}
         return {e: get_peft_model_state_dict(self.model, state_dict=full, adapter_name=e) for e in names}
 
+    def dense_state_dict(self) -> dict[str, torch.Tensor]:
+        """The dense fusion's weights (CPU; replicated, so any rank has them; {} without the branch)."""
+        return fusion_state_dict(self.dense.fusion) if self.dense is not None else {}
+
     def base_state_dict(self) -> dict[str, torch.Tensor]:
         """The base model's weights in Hugging Face naming (rank 0; {} elsewhere)."""
         full = gather_full_state(self.model, lambda n: not is_lora(n))
@@ -312,12 +342,15 @@ class LearnerCore:
                      full_state_dict=True, cpu_offload=True)),
                  "scheduler": self.scheduler.state_dict(), "step": self.step, "rng": checkpoint.rng_state(),
                  "base": self.base_state_dict() if self.base_trained else None}
+        if self.dense is not None:
+            state.update(dense=self.dense_state_dict(), dense_meta=self.dense.metadata())
         return state if self.rank == 0 else {}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Inverse of `state_dict`; under FSDP only rank 0 needs `state` (others may pass {})."""
         meta = {k: state[k] for k in ("router", "scheduler", "step", "rng")} if self.rank == 0 else {}
         meta["base_trained"] = bool(state.get("base")) if self.rank == 0 else False
+        meta["dense"] = (state.get("dense"), state.get("dense_meta", {})) if self.rank == 0 else (None, {})
         meta["optimizer_keys"] = sorted(state.get("optimizer", {}).get("state", {})) if self.rank == 0 else []
         if self.world > 1:
             box = [meta]
@@ -332,6 +365,12 @@ class LearnerCore:
             raise KeyError(f"checkpoint weights the model does not have: {result.unexpected_keys[:5]}")
         self._load_optimizer_state(state.get("optimizer", {}), set(meta["optimizer_keys"]), options)
         self.router.load_state_dict(meta["router"])
+        weights, dense_meta = meta["dense"]
+        if (weights is None) != (self.dense is None):
+            raise ValueError(f"the checkpoint {'lacks' if weights is None else 'has'} a dense fusion; "
+                             f"model.dense.enabled={self.dense is not None}")
+        if self.dense is not None:
+            self.dense.load_state(weights, dense_meta, "checkpoint")
         self.scheduler.load_state_dict(meta["scheduler"])
         self.step = meta["step"]
         self.base_trained = meta["base_trained"]
@@ -345,7 +384,7 @@ class LearnerCore:
         the states the checkpoint did not have, or Adam's bias correction of a never-stepped expert
         would differ from the uninterrupted run's."""
         optimized = {id(q) for g in self.optimizer.param_groups for q in g["params"]}
-        for param in self.model.parameters():
+        for param in self._state_modules.parameters():
             param.requires_grad_(id(param) in optimized)
         set_optimizer_state_dict(self._state_modules, self.optimizer, optimizer_state, options=options)
         self._set_trainable(base=False)

@@ -7,6 +7,7 @@ skips entirely (no moment update, no decay, no step count).
 
 from __future__ import annotations
 
+from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -63,20 +64,20 @@ def step_present(optimizer: torch.optim.Optimizer, present: Iterable[str], grad_
                  separate_clip: Sequence[str] = ("router",)) -> Mapping[str, float]:
     """Drop the gradients of absent groups, clip, step, zero grads. Returns grad norms.
 
-    Groups named in `separate_clip` (the router: plain tensors, while FSDP parameters are
-    DTensors) are clipped on their own; the rest are clipped together by global norm.
+    Groups named in `separate_clip` (the router, the dense fusion: plain tensors, while FSDP parameters
+    are DTensors) are clipped each on its own; the rest are clipped together by global norm.
     """
     present = set(present)
-    policy, apart = [], []
+    policy, apart = [], defaultdict(list)
     for group in optimizer.param_groups:
         for p in group["params"]:
             if group["name"] not in present:
                 p.grad = None
             elif p.grad is not None:
-                (apart if group["name"] in separate_clip else policy).append(p)
+                (apart[group["name"]] if group["name"] in separate_clip else policy).append(p)
     norms = {"grad_norm": _clip(policy, grad_clip)}
-    if apart:
-        norms["router/grad_norm"] = _clip(apart, grad_clip)
+    for name, params in apart.items():
+        norms[f"{name}/grad_norm"] = _clip(params, grad_clip)
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
     return norms
