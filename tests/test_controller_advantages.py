@@ -3,6 +3,8 @@ verl's estimator called directly on the real response mask, for every shipped le
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 import torch
@@ -12,7 +14,12 @@ from verl.trainer.ppo import core_algos
 from spacevista.actors.controller import train_samples
 from spacevista.configs.loader import compose, to_train_config
 from spacevista.policies.batch import collate
-from spacevista.policies.objectives import compute_advantages, outcome_token_rewards, response_advantages
+from spacevista.policies.objectives import (
+    compute_advantages,
+    outcome_token_rewards,
+    response_advantages,
+)
+from spacevista.policies.prompts import encode_prompts
 from spacevista.rollout.engine import Completion, GenerationRequest
 
 LENGTHS = [3, 7, 1, 5, 6, 2, 4, 7]  # 4 prompts x 2 samples, ragged responses
@@ -44,15 +51,17 @@ def test_controller_advantages_equal_verl_on_the_real_response_mask(tiny_policy_
     objective = _objective(learner, *overrides)
     rng = np.random.default_rng(0)
     scores = torch.tensor(rng.uniform(0, 1, len(LENGTHS)), dtype=torch.float32)
+    processor = AutoProcessor.from_pretrained(tiny_policy_dir)
     requests = [GenerationRequest(f"p{i}", [{"role": "user", "content": f"question {i}"}], "indoor")
                 for i in range(len(LENGTHS) // N)]
+    prompts = encode_prompts(processor, requests)
     uids = [r.request_id for r in requests for _ in range(N)]
-    completions = [Completion(uids[i], i % N, "indoor", [], [5] * k, "", [-1.0] * k, "length", 0)
+    completions = [Completion(uids[i], i % N, "indoor", prompts[i // N], [5] * k, "", [-1.0] * k, "length", 0)
                    for i, k in enumerate(LENGTHS)]
     advantages = response_advantages(scores, LENGTHS, uids, objective)
-    records = [type("R", (), {"scale": "indoor", "id": r.request_id})() for r in requests]
-    batch = collate(AutoProcessor.from_pretrained(tiny_policy_dir),
-                    train_samples(requests, records, completions, advantages, N))
+    items = [SimpleNamespace(request_id=r.request_id, expert="indoor",
+                             record=SimpleNamespace(scale="indoor", id=r.request_id)) for r in requests]
+    batch = collate(processor, train_samples(items, completions, advantages, N))
 
     mask = torch.zeros(len(LENGTHS), max(LENGTHS))
     for i, k in enumerate(LENGTHS):

@@ -38,18 +38,9 @@ def validate_config(cfg: TrainConfig) -> None:
 
 
 def _objective_problems(cfg: TrainConfig) -> list[str]:
-    from verl.trainer.ppo import core_algos
+    from spacevista.policies.objectives import objective_problems
 
-    from spacevista.configs.policy import UNSUPPORTED_ESTIMATORS
-
-    objective, problems = cfg.learner.objective, []
-    estimators = sorted(set(core_algos.ADV_ESTIMATOR_REGISTRY) - set(UNSUPPORTED_ESTIMATORS))
-    if objective.adv_estimator not in estimators:
-        problems.append(f"learner.objective.adv_estimator={objective.adv_estimator!r}: choose from {estimators}")
-    if objective.policy_loss not in core_algos.POLICY_LOSS_REGISTRY:
-        problems.append(f"learner.objective.policy_loss={objective.policy_loss!r}: choose from "
-                        f"{sorted(core_algos.POLICY_LOSS_REGISTRY)}")
-    return problems
+    return objective_problems(cfg.learner.objective, "learner.objective")
 
 
 def _plugin_problems(cfg: TrainConfig, names: list[str]) -> list[str]:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -18,24 +17,9 @@ from peft import LoraConfig, PeftModel, get_peft_model
 from peft.utils import SAFETENSORS_WEIGHTS_NAME, get_peft_model_state_dict, set_peft_model_state_dict
 from safetensors.torch import save_file
 
-# Linear layers of the language model's decoder layers only (never `visual.*`).
-LANGUAGE_MODEL_TARGET = r".*language_model\.layers\.\d+\.(self_attn\.(q|k|v|o)_proj|mlp\.(gate|up|down)_proj)"
+from spacevista.configs.policy import LANGUAGE_MODEL_TARGET, ExpertLoRAConfig
 
-
-@dataclass
-class ExpertLoRAConfig:
-    """Shape of every scale expert (one `LoraConfig` shared by all experts)."""
-
-    rank: int = 16
-    alpha: int = 32
-    dropout: float = 0.0  # mixed-expert training runs in eval mode; dropout must be 0 there
-    target_modules: str = LANGUAGE_MODEL_TARGET
-    init_lora_weights: bool = True  # B = 0: a fresh expert equals the base model
-
-    def to_peft(self) -> LoraConfig:
-        return LoraConfig(r=self.rank, lora_alpha=self.alpha, lora_dropout=self.dropout,
-                          target_modules=self.target_modules, init_lora_weights=self.init_lora_weights,
-                          bias="none")
+__all__ = ["LANGUAGE_MODEL_TARGET", "ExpertLoRAConfig", "attach_experts"]
 
 
 def attach_experts(model: torch.nn.Module, names: Iterable[str], lora: ExpertLoRAConfig | None = None,

@@ -1,68 +1,34 @@
 """RL objectives: advantages and the policy loss, by name, from verl's `core_algos`.
 
-Nothing here re-implements an algorithm: `ObjectiveConfig` names verl's registered advantage
-estimator and policy loss and carries their hyper-parameters; these functions build the verl
-config objects those functions expect and call them.
+Nothing here re-implements an algorithm: `ObjectiveConfig` (configs/policy.py, the one home of its
+defaults) names verl's registered advantage estimator and policy loss and carries their
+hyper-parameters; these functions build the verl config objects those functions expect and call them.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
-from verl.trainer.config import AlgoConfig
 from verl.trainer.ppo import core_algos
-from verl.workers.config import ActorConfig, PolicyLossConfig
 
-LOSS_AGG_MODES = ("token-mean", "token-sum", "seq-mean-token-sum", "seq-mean-token-mean", "seq-mean-token-sum-norm")
-# estimators that need inputs an outcome-reward batch does not have (a critic, baseline rollouts, ...)
-UNSUPPORTED_ESTIMATORS = ("gae", "remax", "gdpo", "optimal_token_baseline", "tir_optimal_token_baseline")
+from spacevista.configs.policy import UNSUPPORTED_ESTIMATORS, ObjectiveConfig
+
+__all__ = ["ObjectiveConfig", "compute_advantages", "objective_problems", "policy_objective", "response_advantages"]
 
 
-@dataclass
-class ObjectiveConfig:
-    adv_estimator: str = "grpo"  # any verl estimator over outcome rewards: grpo, rloo, reinforce_plus_plus, ...
-    policy_loss: str = "vanilla"  # verl policy-loss name: vanilla (PPO/GRPO clip), gspo, cispo, sapo, ...
-    clip_ratio: float = 0.2
-    clip_ratio_low: float | None = None  # None: clip_ratio
-    clip_ratio_high: float | None = None  # DAPO clip-higher: clip_ratio_high > clip_ratio_low
-    clip_ratio_c: float = 3.0  # dual-clip bound for negative advantages
-    loss_agg_mode: str = "token-mean"
-    kl_coef: float = 0.001  # weight of the KL-to-reference loss; 0 skips the reference forward
-    kl_penalty: str = "low_var_kl"
-    norm_adv_by_std_in_grpo: bool = True  # False: Dr.GRPO
-    entropy_coeff: float = 0.0
-    gamma: float = 1.0  # reinforce_plus_plus discount
-
-    def __post_init__(self) -> None:
-        if self.adv_estimator in UNSUPPORTED_ESTIMATORS or self.adv_estimator not in core_algos.ADV_ESTIMATOR_REGISTRY:
-            supported = sorted(set(core_algos.ADV_ESTIMATOR_REGISTRY) - set(UNSUPPORTED_ESTIMATORS))
-            raise ValueError(f"objective.adv_estimator={self.adv_estimator!r} is not supported; "
-                             f"choose from {supported}")
-        if self.policy_loss not in core_algos.POLICY_LOSS_REGISTRY:
-            raise ValueError(f"objective.policy_loss={self.policy_loss!r} unknown; choose from "
-                             f"{sorted(core_algos.POLICY_LOSS_REGISTRY)}")
-        if self.loss_agg_mode not in LOSS_AGG_MODES:
-            raise ValueError(f"objective.loss_agg_mode={self.loss_agg_mode!r} unknown; choose from {LOSS_AGG_MODES}")
-
-    def actor_config(self, global_batch_info: dict[str, Any] | None = None) -> ActorConfig:
-        """verl's `ActorConfig` carrying these settings (what verl's policy-loss functions read)."""
-        low = self.clip_ratio if self.clip_ratio_low is None else self.clip_ratio_low
-        high = self.clip_ratio if self.clip_ratio_high is None else self.clip_ratio_high
-        return ActorConfig(
-            strategy="fsdp", rollout_n=1, ppo_micro_batch_size_per_gpu=1,
-            clip_ratio=self.clip_ratio, clip_ratio_low=low, clip_ratio_high=high, clip_ratio_c=self.clip_ratio_c,
-            loss_agg_mode=self.loss_agg_mode, policy_loss=PolicyLossConfig(loss_mode=self.policy_loss),
-            entropy_coeff=self.entropy_coeff, use_kl_loss=self.kl_coef > 0, kl_loss_coef=self.kl_coef,
-            kl_loss_type=self.kl_penalty, global_batch_info=dict(global_batch_info or {}),
-        )
-
-    def algo_config(self) -> AlgoConfig:
-        return AlgoConfig(adv_estimator=self.adv_estimator, gamma=self.gamma,
-                          norm_adv_by_std_in_grpo=self.norm_adv_by_std_in_grpo)
+def objective_problems(cfg: ObjectiveConfig, key: str = "objective") -> list[str]:
+    """What verl cannot run in `cfg`, each naming its key (`key`.adv_estimator, `key`.policy_loss)."""
+    problems = []
+    estimators = sorted(set(core_algos.ADV_ESTIMATOR_REGISTRY) - set(UNSUPPORTED_ESTIMATORS))
+    if cfg.adv_estimator not in estimators:
+        problems.append(f"{key}.adv_estimator={cfg.adv_estimator!r} is not supported: choose from {estimators}")
+    if cfg.policy_loss not in core_algos.POLICY_LOSS_REGISTRY:
+        problems.append(f"{key}.policy_loss={cfg.policy_loss!r} unknown: choose from "
+                        f"{sorted(core_algos.POLICY_LOSS_REGISTRY)}")
+    return problems
 
 
 def outcome_token_rewards(scores: torch.Tensor, response_mask: torch.Tensor) -> torch.Tensor:
