@@ -126,3 +126,26 @@ def test_two_fsdp_ranks_with_different_media_train_the_fusion_as_one_process(tin
     assert abs(metrics["loss"] - ranks[0]["metrics"]["loss"]) < 1e-5
     assert abs(metrics["dense/grad_norm"] - ranks[0]["metrics"]["dense/grad_norm"]) < 1e-5
     assert_adam_weights_close(ranks[0]["dense"], reference.dense_state_dict(), OPTIM.lr)
+
+
+def test_the_hf_engine_computes_the_branch_natively_and_takes_the_learners_fusion(tiny_policy_dir, encoder_dir):
+    from rollout_helpers import image_request, video_request
+
+    from spacevista.rollout.engine import SamplingParams
+    from spacevista.rollout.hf_engine import HFEngine
+
+    requests = [image_request(1, "indoor"), video_request(2, "outdoor")]
+    greedy = SamplingParams(n=1, temperature=0.0, max_tokens=6, seed=0)
+    plain = HFEngine(tiny_policy_dir, SCALES)
+    engine = HFEngine(tiny_policy_dir, SCALES, dense=DenseConfig(enabled=True, cache_dir=encoder_dir))
+    ids = [c.response_ids for c in plain.generate(requests, greedy)]
+    assert [c.response_ids for c in engine.generate(requests, greedy)] == ids  # gate 0: the base policy
+    assert engine.dense.cache.stats.lookups > 0
+
+    learner = _learner(tiny_policy_dir, encoder_dir)
+    with torch.no_grad():
+        learner.dense.fusion.gate.fill_(3.0)
+    engine.update_dense(4, learner.dense_state_dict())
+    assert engine.dense_version == 4 and not _changed(learner.dense_state_dict(), engine.dense.fusion.state_dict())
+    with pytest.raises(ValueError, match="without the dense branch"):
+        plain.update_dense(1, learner.dense_state_dict())

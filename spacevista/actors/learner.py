@@ -20,6 +20,7 @@ from spacevista import checkpointing
 from spacevista.actors.pool import actor_options, split_even
 from spacevista.actors.workers import init_actor_process
 from spacevista.cluster.resources import RoleGroup
+from spacevista.configs.dense import DENSE_WEIGHTS
 from spacevista.configs.schema import TrainConfig
 from spacevista.policies.batch import collate
 from spacevista.tracking import console
@@ -93,7 +94,8 @@ class LearnerWorker:
             share_prompts=cfg.learner.share_prompts, gradient_checkpointing=cfg.learner.gradient_checkpointing,
             max_tokens_per_micro_batch=cfg.learner.max_tokens_per_micro_batch,
             attn_implementation=cfg.model.attn_implementation, mixed_precision=cfg.learner.mixed_precision,
-            sft_full_params=cfg.learner.sft.full_params, temperature=cfg.rollout.temperature, seed=cfg.seed)
+            sft_full_params=cfg.learner.sft.full_params, temperature=cfg.rollout.temperature, seed=cfg.seed,
+            dense=cfg.model.dense)
         return self.rank
 
     def sft_step(self, samples: list, targets: list[str]) -> dict[str, float]:
@@ -103,15 +105,16 @@ class LearnerWorker:
         """One update; rank 0 also returns {expert: (version, ref)} for the experts the global batch moved.
         The samples' prompts arrive as object-store refs (one per request, fetched here once)."""
         metrics = self.core.rl_step(collate(self.core.processor, resolve_prompts(samples)))
-        return metrics, self._publish(self.core.stepped_experts, version)
+        return metrics, self._publish(self.core.stepped_experts, version, dense=self.core.stepped_dense)
 
     def publish_experts(self, version: int) -> dict[str, Any] | None:
-        return self._publish(None, version)
+        return self._publish(None, version, dense=True)
 
-    def _publish(self, experts: list[str] | None, version: int) -> dict[str, Any] | None:
-        if experts is not None and not experts:
-            return {} if self.rank == 0 else None
-        weights = self.core.expert_state_dicts(experts)  # a collective: every rank calls it
+    def _publish(self, experts: list[str] | None, version: int, dense: bool = False) -> dict[str, Any] | None:
+        """{expert: (version, ref)}, plus {DENSE_WEIGHTS: (version, ref)} when the dense fusion moved."""
+        weights = self.core.expert_state_dicts(experts) if experts is None or experts else {}  # a collective
+        if dense and self.core.dense is not None:
+            weights[DENSE_WEIGHTS] = self.core.dense_state_dict()  # replicated: no collective
         if self.rank != 0:
             return None
         return {e: (version, ray.put(sd)) for e, sd in weights.items()}

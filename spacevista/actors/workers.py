@@ -16,6 +16,7 @@ from typing import Any
 import ray
 import torch
 
+from spacevista.configs.dense import DENSE_WEIGHTS
 from spacevista.configs.schema import ModelConfig, RolloutConfig
 from spacevista.data.frames import load_images, load_video
 from spacevista.data.schema import Record
@@ -89,6 +90,8 @@ class RolloutWorker:
         behind = {e: ref for e, (v, ref) in (experts or {}).items() if v > self.expert_versions.get(e, 0)}
         if behind:
             weights = dict(zip(behind, ray.get(list(behind.values()))))
+            if DENSE_WEIGHTS in weights:  # the dense branch's fusion travels and is versioned like an expert
+                self.engine.update_dense(version, weights.pop(DENSE_WEIGHTS))
             self.engine.update_experts(version, weights)
             for e in behind:
                 self.expert_versions[e] = experts[e][0]

@@ -282,6 +282,16 @@ class DenseBranch:
             p.grad.div_(world)
 
 
+def load_checkpoint_fusion(branch: DenseBranch | None, weights: Mapping[str, torch.Tensor] | None,
+                           meta: Mapping[str, str]) -> None:
+    """A checkpoint's fusion weights into `branch`; a checkpoint and a learner must both have the branch or not."""
+    if (weights is None) != (branch is None):
+        raise ValueError(f"the checkpoint {'lacks' if weights is None else 'has'} a dense fusion; "
+                         f"model.dense.enabled={branch is not None}")
+    if branch is not None and weights is not None:
+        branch.load_state(weights, meta, "checkpoint")
+
+
 def _check_parts(parts: Iterable[str]) -> list[str]:
     parts = list(parts)
     unknown = sorted(set(parts) - set(DENSE_PARTS))

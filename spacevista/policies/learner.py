@@ -48,8 +48,8 @@ from verl.trainer.ppo.core_algos import agg_loss
 
 from spacevista.configs.dense import DenseConfig
 from spacevista.policies import checkpoint
+from spacevista.policies import dense as dense_branch
 from spacevista.policies.batch import TrainSample, sft_collate
-from spacevista.policies.dense import DenseBranch, fusion_state_dict, gate_value, set_fusion_trainable
 from spacevista.policies.experts import ExpertLoRAConfig, attach_experts, base_model_only, expert_parameters
 from spacevista.policies.logprobs import forward_logprobs, policy_logprobs, prompt_groups, reference_logprobs
 from spacevista.policies.memory import checkpoint_activations, token_budget_plan, trim_left_padding
@@ -67,7 +67,6 @@ from spacevista.policies.sharding import fsdp_root, gather_full_state, shard_pol
 from spacevista.policies.tiny import load_policy
 
 ADDITIVE_METRICS = ("loss", "pg_loss", "kl", "entropy", "sft_loss")  # shares of the global mean: summed
-SEPARATE_CLIP = ("router", "dense")  # replicated plain tensors: clipped apart from the FSDP (DTensor) parameters
 
 
 def is_lora(name: str) -> bool:
@@ -97,13 +96,15 @@ class LearnerCore:
         self.step = 0
         self.base_trained = False  # set by a full-parameter SFT step: rollout workers need the new base
         self.stepped_experts: list[str] = []  # experts the last step moved (present in the global batch)
+        self.stepped_dense = False  # whether the last step moved the dense fusion
 
         torch.manual_seed(seed)  # same LoRA / router init on every rank
         base, self.processor = load_policy(model_path, device=device, attn_implementation=attn_implementation)
         self.model = attach_experts(base, self.experts, lora)
         self.router = ScaleRouter(self.experts, feature_dim(self.model), router).to(self.device)
-        self.dense_cfg = dense if dense is not None and dense.enabled else None
-        self.dense = DenseBranch.build(dense, self.model, self.processor, self.device) if self.dense_cfg else None
+        self.dense_cfg = dense if dense is not None and dense.enabled else None  # SpaceVista-7B's dense branch
+        self.dense = (dense_branch.DenseBranch.build(dense, self.model, self.processor, self.device)
+                      if self.dense_cfg else None)
         if gradient_checkpointing:
             checkpoint_activations(self.model)
         if fsdp:
@@ -176,15 +177,13 @@ class LearnerCore:
         return metrics
 
     def _set_trainable(self, base: bool, dense_parts: Sequence[str] = ()) -> None:
-        """Experts train unless the base does (full SFT runs with experts off); the dense fusion's
-        `dense_parts` train in either case."""
+        """Experts train unless the base does (full SFT runs with experts off); `dense_parts` of the fusion train."""
         for name, param in self.model.named_parameters():
             param.requires_grad_(not base if is_lora(name) else base)
         if self.dense is not None:
-            set_fusion_trainable(self.dense.fusion, dense_parts)
+            dense_branch.set_fusion_trainable(self.dense.fusion, dense_parts)
 
-    def _dense_present(self, mode: str) -> set[str]:
-        """{"dense"} when the fusion trains in this mode (`train_sft` / `train_rl` name some part)."""
+    def _dense_present(self, mode: str) -> set[str]:  # {"dense"} when `train_sft` / `train_rl` name some part
         return {"dense"} if self.dense_cfg is not None and getattr(self.dense_cfg, mode) else set()
 
     def _global_stats(self, batch: DataProto, shared: bool) -> dict[str, Any]:
@@ -252,20 +251,21 @@ class LearnerCore:
         out = self._reduce_metrics(sums, stats["batch_info"]["batch_num_tokens"])
         if scheduled:
             out["lr"] = self.scheduler.get_last_lr()[0]
-            out.update(step_present(self.optimizer, present, self.optim_cfg.grad_clip, SEPARATE_CLIP))
+            out.update(step_present(self.optimizer, present, self.optim_cfg.grad_clip))
             self.scheduler.step()
         else:
             scheduled_lrs = [group["lr"] for group in self.optimizer.param_groups]
             for group in self.optimizer.param_groups:
                 group["lr"] = group["initial_lr"]
             out["lr"] = self.optimizer.param_groups[0]["lr"]
-            out.update(step_present(self.optimizer, present, self.optim_cfg.grad_clip, SEPARATE_CLIP))
+            out.update(step_present(self.optimizer, present, self.optim_cfg.grad_clip))
             for group, lr in zip(self.optimizer.param_groups, scheduled_lrs):
                 group["lr"] = lr
         if self.dense is not None:
-            out.update({"dense/gate": gate_value(self.dense.fusion), **self.dense.cache.stats.as_dict()})
+            out.update({"dense/gate": dense_branch.gate_value(self.dense.fusion), **self.dense.cache.stats.as_dict()})
         self.step += 1
         self.stepped_experts = [e for e in self.experts if f"expert/{e}" in present]
+        self.stepped_dense = "dense" in present
         out.update(step=self.step, experts_stepped=sum(p.startswith("expert/") for p in present),
                    tokens=stats["batch_info"]["batch_num_tokens"], step_time_s=time.perf_counter() - start)
         return out
@@ -319,7 +319,7 @@ class LearnerCore:
 
     def dense_state_dict(self) -> dict[str, torch.Tensor]:
         """The dense fusion's weights (CPU; replicated, so any rank has them; {} without the branch)."""
-        return fusion_state_dict(self.dense.fusion) if self.dense is not None else {}
+        return dense_branch.fusion_state_dict(self.dense.fusion) if self.dense is not None else {}
 
     def base_state_dict(self) -> dict[str, torch.Tensor]:
         """The base model's weights in Hugging Face naming (rank 0; {} elsewhere)."""
@@ -365,12 +365,7 @@ class LearnerCore:
             raise KeyError(f"checkpoint weights the model does not have: {result.unexpected_keys[:5]}")
         self._load_optimizer_state(state.get("optimizer", {}), set(meta["optimizer_keys"]), options)
         self.router.load_state_dict(meta["router"])
-        weights, dense_meta = meta["dense"]
-        if (weights is None) != (self.dense is None):
-            raise ValueError(f"the checkpoint {'lacks' if weights is None else 'has'} a dense fusion; "
-                             f"model.dense.enabled={self.dense is not None}")
-        if self.dense is not None:
-            self.dense.load_state(weights, dense_meta, "checkpoint")
+        dense_branch.load_checkpoint_fusion(self.dense, *meta["dense"])
         self.scheduler.load_state_dict(meta["scheduler"])
         self.step = meta["step"]
         self.base_trained = meta["base_trained"]

@@ -61,7 +61,7 @@ def _clip(params: list[torch.Tensor], max_norm: float) -> float:
 
 
 def step_present(optimizer: torch.optim.Optimizer, present: Iterable[str], grad_clip: float,
-                 separate_clip: Sequence[str] = ("router",)) -> Mapping[str, float]:
+                 separate_clip: Sequence[str] = ("router", "dense")) -> Mapping[str, float]:
     """Drop the gradients of absent groups, clip, step, zero grads. Returns grad norms.
 
     Groups named in `separate_clip` (the router, the dense fusion: plain tensors, while FSDP parameters

@@ -21,8 +21,10 @@ def make_engine(rollout: RolloutConfig, model_path: str, model: ModelConfig) -> 
             raise ValueError(f"model.dtype: {model.dtype!r} is not a torch dtype name")
         return HFEngine(model_path, model.experts, model.lora, dtype=dtype,
                         device="cuda" if torch.cuda.is_available() else "cpu",
-                        max_batch_size=rollout.max_batch_size)
+                        max_batch_size=rollout.max_batch_size, dense=model.dense)
     if rollout.engine == "vllm":
+        if model.dense.enabled:  # policies.dense.vllm_embedding_inputs makes the inputs; the engine takes none yet
+            raise NotImplementedError("model.dense.enabled with rollout.engine=vllm: not wired yet; use rollout=hf")
         from spacevista.rollout.vllm_engine import VLLMEngine
 
         return VLLMEngine(model_path, model.experts, model.lora, max_model_len=rollout.max_model_len,

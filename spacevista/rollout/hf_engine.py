@@ -3,7 +3,8 @@
 The reference engine (runs anywhere torch does). Requests of all experts share one `generate` call
 per chunk of `max_batch_size` rows; `RoutedLoRA` applies each row's expert. Prompts go through the
 model's own processor (images, videos), left-padded, once (`policies.prompts`); each completion
-carries its request's encoded prompt, which the learner trains on as it is.
+carries its request's encoded prompt, which the learner trains on as it is. With the dense branch
+(`dense.enabled`) its hook on the vision tower fuses the visual tokens in `generate` natively.
 """
 
 from __future__ import annotations
@@ -16,7 +17,9 @@ import torch
 from transformers import (GenerationConfig, LogitsProcessor, SuppressTokensLogitsProcessor, TemperatureLogitsWarper,
                           TopPLogitsWarper)
 
+from spacevista.configs.dense import DenseConfig
 from spacevista.policies.chat import media_token_ids
+from spacevista.policies.dense import DenseBranch, load_fusion_state_dict
 from spacevista.policies.experts import ExpertLoRAConfig, attach_experts, load_expert_state_dict
 from spacevista.policies.prompts import encode_batch
 from spacevista.policies.tiny import load_policy
@@ -58,7 +61,7 @@ class HFEngine:
 
     def __init__(self, model_path: str | os.PathLike, expert_names: Sequence[str],
                  lora: ExpertLoRAConfig | None = None, device: str = "cpu",
-                 dtype: torch.dtype = torch.float32, max_batch_size: int = 64):
+                 dtype: torch.dtype = torch.float32, max_batch_size: int = 64, dense: DenseConfig | None = None):
         model, self.processor = load_policy(model_path, dtype=dtype, device=device)
         self.tokenizer = self.processor.tokenizer
         self._no_media = SuppressTokensLogitsProcessor(media_token_ids(model.config), device=device)
@@ -72,6 +75,9 @@ class HFEngine:
         self._experts = list(expert_names)
         self.model = attach_experts(model, self._experts, lora, trainable=False).eval()
         self._routed = RoutedLoRA(self.model, self._experts)
+        enabled = dense is not None and dense.enabled
+        self.dense = DenseBranch.build(dense, self.model, self.processor, device) if enabled else None
+        self.dense_version = 0
         self.device = device
         self._rng_devices = [torch.device(device).index or 0] if torch.device(device).type == "cuda" else []
         self.max_batch_size = max_batch_size
@@ -96,6 +102,14 @@ class HFEngine:
                 load_expert_state_dict(self.model, expert, state)
             self._routed.refresh()
             self._version = version
+
+    def update_dense(self, version: int, weights: Mapping[str, torch.Tensor]) -> None:
+        """Load the learner's dense fusion weights in place (atomically w.r.t. `generate`)."""
+        if self.dense is None:
+            raise ValueError("update_dense: this engine runs without the dense branch (model.dense.enabled=false)")
+        with self._lock:
+            load_fusion_state_dict(self.dense.fusion, weights)
+            self.dense_version = version
 
     def generate(self, requests: Sequence[GenerationRequest], params: SamplingParams) -> list[Completion]:
         check_experts(requests, self._experts)
