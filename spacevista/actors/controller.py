@@ -14,6 +14,7 @@ import dataclasses
 import json
 import random
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,7 @@ from spacevista.actors.setup import (PreparedRun, prepare_run, registered_plugin
                                      stage_reward_weights, validate_config)
 from spacevista.cluster.metrics import RayMetrics
 from spacevista.cluster.resources import check_cluster, reserve
+from spacevista.configs.experts import expert_map, expert_of
 from spacevista.configs.schema import RewardWeightsConfig, StageConfig, TrainConfig
 from spacevista.curriculum import Curriculum, StageChange
 from spacevista.data.schema import Record
@@ -55,9 +57,10 @@ class TrainResult:
 
 
 # ---- conversions between the components' types --------------------------------------------------
-def rollout_items(records: list[Record], step: int) -> list[RolloutItem]:
-    """Label routing (the training anchor): each prompt goes to its record's scale expert."""
-    return [RolloutItem(f"{step}:{i}:{r.id}", r, r.scale) for i, r in enumerate(records)]
+def rollout_items(records: list[Record], step: int, experts: Mapping[str, str] | None = None) -> list[RolloutItem]:
+    """Label routing (the training anchor): each prompt goes to the expert serving its record's scale
+    (`experts`: configs.experts.expert_map; None: the expert named by the scale)."""
+    return [RolloutItem(f"{step}:{i}:{r.id}", r, expert_of(r.scale, experts)) for i, r in enumerate(records)]
 
 
 def score_items(records: list[Record], completions: list[Completion], n: int) -> list[tuple]:
@@ -98,16 +101,17 @@ def train_samples(items: list[RolloutItem], completions: list[Completion], advan
     """The learner's trajectories: the prompt as the rollout encoded it (an object-store ref), the
     sampled ids and log-probs, per-token advantages; the n samples of a request share its uid."""
     return [TrainSample(prompt=c.prompt, response_ids=c.response_ids, old_logprobs=c.logprobs,
-                        advantage=advantages[i], expert=c.expert, scale_label=items[i // n].record.scale,
+                        advantage=advantages[i], expert=c.expert, scale_label=items[i // n].expert,
                         uid=items[i // n].request_id, record_id=items[i // n].record.id)
             for i, c in enumerate(completions)]
 
 
-def sft_samples(records: list[Record], step: int) -> list[TrainSample]:
-    """SFT warm-up samples: each learner rank decodes and encodes its own share of the prompts."""
-    return [TrainSample(response_ids=[], expert=item.expert, scale_label=item.record.scale, uid=item.request_id,
+def sft_samples(records: list[Record], step: int, experts: Mapping[str, str] | None = None) -> list[TrainSample]:
+    """SFT warm-up samples: each learner rank decodes and encodes its own share of the prompts. The
+    router learns the routed expert (`scale_label`): the scale itself in the per-scale layout."""
+    return [TrainSample(response_ids=[], expert=item.expert, scale_label=item.expert, uid=item.request_id,
                         record_id=item.record.id, **_prompt_media(item.request()))
-            for item in rollout_items(records, step)]
+            for item in rollout_items(records, step, experts)]
 
 
 def _prompt_media(request: GenerationRequest) -> dict[str, Any]:
@@ -222,7 +226,8 @@ def _train(cfg: TrainConfig, run_dir: Path, prep: PreparedRun, config_dict: dict
             if step % cfg.checkpoint_every == 0 or step == cfg.steps:
                 if pending is not None:  # async: keep step k+1's rollout with the checkpoint, so resume is exact
                     pending.completions, pending.refs = WorkerPool.gather(pending.refs), []
-                learners.save(run_dir, step, {"curriculum": curriculum.state_dict(), "sampler": sampler.state_dict()},
+                learners.save(run_dir, step, {"curriculum": curriculum.state_dict(), "sampler": sampler.state_dict(),
+                               "expert_of_scale": expert_map(cfg.model.experts, cfg.model.expert_of_scale)},
                               cfg.keep_checkpoints, pending.to_dict() if pending is not None else None)
         result = _finish(run_dir, history, curriculum, cfg.log.plot, tracker)
     finally:
@@ -261,7 +266,7 @@ class _Rollout:
     def from_dict(cls, state: dict[str, Any], cfg: TrainConfig, prep: PreparedRun, rollout: WorkerPool) -> _Rollout:
         stage = next(s for s in cfg.curriculum.stages if s.name == state["stage"])
         records = prep.dataset.take(state["indices"])
-        items = rollout_items(records, state["step"])
+        items = rollout_items(records, state["step"], expert_map(cfg.model.experts, cfg.model.expert_of_scale))
         prompts = rollout.encode(items)
         n = len(state["completions"]) // max(len(items), 1)
         completions = [Completion(prompt=prompts[i // n], **c) for i, c in enumerate(state["completions"])]
@@ -275,7 +280,7 @@ def _launch(cfg: TrainConfig, step: int, curriculum: Curriculum, sampler, prep: 
     sampler.set_weights(curriculum.scale_weights())
     indices = [int(i) for i in sampler.next_batch(cfg.rollout.prompts_per_step)]
     records = prep.dataset.take(indices)
-    items = rollout_items(records, step)
+    items = rollout_items(records, step, expert_map(cfg.model.experts, cfg.model.expert_of_scale))
     params = SamplingParams(n=cfg.rollout.n, temperature=cfg.rollout.temperature, top_p=cfg.rollout.top_p,
                             max_tokens=cfg.rollout.max_tokens, seed=cfg.seed * 100_003 + step)
     refs = rollout.generate_async(items, params, version=weights_version, experts=expert_refs)
@@ -293,14 +298,15 @@ class _Evaluator:
             from spacevista.data.io import RecordDataset
 
             test = RecordDataset(prep.test_path)
-            picked = [i for s in cfg.model.experts
+            picked = [i for s in expert_map(cfg.model.experts, cfg.model.expert_of_scale)
                       for i in [j for j, sc in enumerate(test.scales) if sc == s][:cfg.eval_prompts_per_scale]]
             self.records = test.take(picked)
         self.weights = {**dataclasses.asdict(cfg.reward.weights), "gate_scale": False}
 
     def __call__(self, step: int, expert_refs: dict) -> dict[str, dict[str, float]]:
         params = SamplingParams(n=1, temperature=0.0, max_tokens=self.cfg.rollout.max_tokens)
-        completions = self.rollout.generate(rollout_items(self.records, step), params, version=step,
+        items = rollout_items(self.records, step, expert_map(self.cfg.model.experts, self.cfg.model.expert_of_scale))
+        completions = self.rollout.generate(items, params, version=step,
                                             experts=expert_refs, prompts="drop")
         breakdowns = self.reward.score(score_items(self.records, completions, 1), self.weights)
         return per_scale_means(breakdowns, self.cfg.reward.weights)
@@ -312,7 +318,8 @@ def _sft_warmup(cfg: TrainConfig, prep: PreparedRun, learners: LearnerGroup) -> 
     sampler = prep.sft_sampler
     for i in range(1, sft.steps + 1):
         records = prep.dataset.take(sampler.next_batch(sft.batch_size))
-        m = learners.sft_step(sft_samples(records, -i), sft_targets(records))
+        m = learners.sft_step(sft_samples(records, -i, expert_map(cfg.model.experts, cfg.model.expert_of_scale)),
+                              sft_targets(records))
         if i == 1 or i % 10 == 0 or i == sft.steps:
             console.print(f"sft {i}/{sft.steps}: loss {m.get('sft_loss', float('nan')):.3f}")
 

@@ -17,6 +17,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from spacevista.configs.dense import dense_problems
+from spacevista.configs.experts import expert_map, layout_problems
 from spacevista.configs.schema import TrainConfig
 from spacevista.scales import SCALES, AnswerType
 
@@ -126,10 +127,7 @@ def value_problems(obj: Any, prefix: str = "") -> list[str]:
 def rule_problems(cfg: TrainConfig, plugin_names: Iterable[str] = ()) -> list[str]:
     """Checks that need more than one key."""
     problems = []
-    experts = cfg.model.experts
-    unknown = [e for e in experts if e not in SCALES]
-    if unknown or not experts or len(set(experts)) != len(experts):
-        problems.append(f"model.experts={list(experts)}: need distinct scales from {list(SCALES)}")
+    problems += layout_problems(cfg.model.experts, cfg.model.expert_of_scale)
     problems += dense_problems(cfg.model.dense)
     problems += _weights_problems("reward.weights", cfg.reward.weights)
     problems += _curriculum_problems(cfg, set(PROMOTION_METRICS) | set(plugin_names))
@@ -187,9 +185,10 @@ def _curriculum_problems(cfg: TrainConfig, metrics: set[str]) -> list[str]:
             problems.append(f"{key}.scales: {bad} are not known scales with weights >= 0; scales are {list(SCALES)}")
         elif sum(stage.scales.values()) <= 0:
             problems.append(f"{key}.scales: no scale has a weight > 0")
-        missing = [s for s, w in stage.scales.items() if s in SCALES and w > 0 and s not in cfg.model.experts]
+        served = expert_map(cfg.model.experts, cfg.model.expert_of_scale)
+        missing = [s for s, w in stage.scales.items() if s in SCALES and w > 0 and s not in served]
         if missing:
-            problems.append(f"{key}.scales: {missing} have no expert in model.experts")
+            problems.append(f"{key}.scales: {missing} have no expert in model.experts (or model.expert_of_scale)")
         problems += _weights_problems(f"{key}.reward_weights", stage.reward_weights)
         if stage.max_steps is not None and stage.max_steps < max(1, stage.min_steps):
             problems.append(f"{key}.max_steps={stage.max_steps}: must be >= max(1, min_steps={stage.min_steps})")

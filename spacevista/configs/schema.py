@@ -33,7 +33,10 @@ class ModelConfig:
     # on AVX2-only CPUs); bfloat16 on GPU
     tiny: TinyPolicyConfig = field(default_factory=TinyPolicyConfig)
     lora: ExpertLoRAConfig = field(default_factory=ExpertLoRAConfig)
-    experts: list[str] = field(default_factory=lambda: list(SCALES))
+    experts: list[str] = field(default_factory=lambda: list(SCALES))  # LoRA expert names (the router's classes)
+    # scale -> expert; a scale not named goes to the expert of its own name, or to the only expert
+    # (configs/experts.py: the per_scale / paper4 / shared layouts)
+    expert_of_scale: dict[str, str] = field(default_factory=dict)  # ++model.expert_of_scale={drone:outdoor}
     dense: DenseConfig = field(default_factory=DenseConfig)  # SpaceVista-7B's dense branch (off by default)
     # attention kernel of the learner: auto = flash_attention_2 on CUDA when flash-attn is installed, else sdpa
     attn_implementation: str = limits("sdpa", choices=("sdpa", "eager", "flash_attention_2", "auto"))

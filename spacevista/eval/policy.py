@@ -21,6 +21,7 @@ from safetensors.torch import load_file
 
 from spacevista.checkpointing import COMPLETE_MARKER, latest_checkpoint
 from spacevista.policies.checkpoint import BASE_DIR, LEARNER_FILE
+from spacevista.configs.experts import expert_map
 from spacevista.policies.experts import ExpertLoRAConfig
 from spacevista.policies.router import RouterConfig, ScaleRouter
 from spacevista.scales import SCALES
@@ -45,6 +46,7 @@ class EvalPolicy:
     weights: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)
     router: ScaleRouter | None = None
     checkpoint: Path | None = None
+    expert_of_scale: dict[str, str] = field(default_factory=dict)  # label routing: scale -> expert
 
 
 def base_policy(model_path: str | Path) -> EvalPolicy:
@@ -60,7 +62,8 @@ def load_policy_from_checkpoint(path: str | Path, model_path: str | Path | None 
     lora = _lora_config(checkpoint, experts)
     weights = {e: load_file(str(checkpoint / e / SAFETENSORS_WEIGHTS_NAME)) for e in experts}
     base = _base_model(checkpoint, Path(model_path) if model_path else None)
-    return EvalPolicy(checkpoint.name, base, experts, lora, weights, _router(checkpoint, experts), checkpoint)
+    return EvalPolicy(checkpoint.name, base, experts, lora, weights, _router(checkpoint, experts), checkpoint,
+                      _expert_of_scale(checkpoint, experts))
 
 
 def resolve_checkpoint(path: Path) -> Path:
@@ -80,16 +83,24 @@ def _expert_names(checkpoint: Path) -> list[str]:
     """Expert directories in the router's class order: as the checkpoint's marker records it
     (training writes `experts`), else scales order."""
     names = {d.name for d in checkpoint.iterdir() if (d / ADAPTER_CONFIG).is_file()}
-    unknown = sorted(names - set(SCALES))
-    if unknown:
-        raise EvalError(f"{checkpoint}: expert adapters {unknown} are not named by a scale {list(SCALES)}")
     marker = checkpoint / COMPLETE_MARKER
     recorded = json.loads(marker.read_text()).get("experts") if marker.is_file() else None
+    unknown = sorted(names - set(SCALES))
+    if unknown and not recorded:
+        raise EvalError(f"{checkpoint}: expert adapters {unknown} are not named by a scale {list(SCALES)} and "
+                        f"no {COMPLETE_MARKER} lists the experts")
     if recorded:
         if set(recorded) != names:
             raise EvalError(f"{checkpoint}: {COMPLETE_MARKER} lists experts {recorded} but holds adapters {sorted(names)}")
         return list(recorded)
     return [s for s in SCALES if s in names]
+
+
+def _expert_of_scale(checkpoint: Path, experts: list[str]) -> dict[str, str]:
+    """scale -> expert as training routed it (the controller's state in the checkpoint), else by name."""
+    state_file = checkpoint / "controller.json"
+    recorded = json.loads(state_file.read_text()).get("expert_of_scale") if state_file.is_file() else None
+    return dict(recorded) if recorded else expert_map(experts)
 
 
 def _lora_config(checkpoint: Path, experts: list[str]) -> ExpertLoRAConfig:

@@ -150,12 +150,13 @@ def _route(records: Sequence[Record], requests: Sequence[GenerationRequest], pol
            features: _FeatureModel | None) -> list[str]:
     if routing == "none":
         return [ZERO_EXPERT] * len(records)
-    if routing == "label":
-        missing = [r for r in records if r.scale not in policy.experts]
+    if routing == "label":  # the expert training routed the record's scale to (configs.experts)
+        served = policy.expert_of_scale or {e: e for e in policy.experts}
+        missing = [r for r in records if served.get(r.scale) not in policy.experts]
         if missing:
             raise EvalError(f"record {missing[0].id!r} has scale {missing[0].scale!r}, which has no expert in "
                             f"{policy.checkpoint} (experts: {policy.experts})")
-        return [r.scale for r in records]
+        return [served[r.scale] for r in records]
     return policy.router.predict(features(requests))
 
 

@@ -110,7 +110,7 @@ def prompt_features(model: nn.Module, encoded: DataProto | Mapping[str, torch.Te
 
 
 class ScaleRouter(nn.Module):
-    """Maps prompts to expert names (experts are named by scale)."""
+    """Maps prompts to expert names (configs.experts: one per scale by default, or any layout)."""
 
     def __init__(self, experts: Sequence[str], feature_dim: int, cfg: RouterConfig | None = None) -> None:
         super().__init__()
@@ -128,9 +128,11 @@ class ScaleRouter(nn.Module):
         return self.classifier is not None and int(self.trained_steps) > 0
 
     def label_index(self, scale_labels: Sequence[str | None]) -> torch.Tensor:
-        """Class index per label; -1 where the label is missing or names no expert."""
+        """Class index per label (an expert's name, or any spelling of a scale that names one); -1 where the
+        label is missing or names no expert. The controller labels each sample with its routed expert."""
         index = {e: i for i, e in enumerate(self.experts)}
-        return torch.tensor([index.get(canonical_scale(lab) or "", -1) for lab in scale_labels], dtype=torch.long)
+        return torch.tensor([index[lab] if lab in index else index.get(canonical_scale(lab) or "", -1)
+                             for lab in scale_labels], dtype=torch.long)
 
     def predict(self, features: torch.Tensor) -> list[str]:
         if self.classifier is None:
