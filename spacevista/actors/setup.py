@@ -241,4 +241,5 @@ def registered_plugins(reward: RewardConfig) -> dict[str, Any]:
 
 
 def stage_reward_weights(stage: StageConfig) -> dict[str, Any]:
-    return {**dataclasses.asdict(stage.reward_weights), "gate_scale": stage.scale_gate}
+    plugins = {"plugins": dict(stage.plugin_weights)} if stage.plugin_weights else {}
+    return {**dataclasses.asdict(stage.reward_weights), "gate_scale": stage.scale_gate, **plugins}

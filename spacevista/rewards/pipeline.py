@@ -125,6 +125,7 @@ class RewardPipeline:
         self.error_counts: Counter[str] = Counter()
         self._batch_errors: Counter[str] = Counter()
         self._timeouts_in_a_row: Counter[str] = Counter()
+        self._plugin_weights: dict[str, float] = {}  # this stage's plugin weights (set_weights)
 
     def close(self) -> None:
         """Stop the plugins' processes (they also stop when this process exits)."""
@@ -132,8 +133,19 @@ class RewardPipeline:
             plugin.call.close()
 
     def set_weights(self, weights: RewardWeights | Mapping[str, Any]) -> None:
-        """Use these stepwise weights and gates from the next sample on (per curriculum stage)."""
+        """Use these stepwise weights and gates from the next sample on (per curriculum stage). A mapping's
+        `plugins` entry {name: weight} re-weights those plugins for the stage (the rest keep their config
+        weight); without one, every plugin has its config weight."""
+        stage_plugins: Mapping[str, float] = {}
+        if isinstance(weights, Mapping) and "plugins" in weights:
+            weights = dict(weights)
+            stage_plugins = weights.pop("plugins") or {}
+            unknown = sorted(set(stage_plugins) - {p.name for p in self.plugins})
+            if unknown:
+                raise ValueError(f"stage weights name plugins {unknown} that are not configured "
+                                 f"({[p.name for p in self.plugins]})")
         self.stepwise.weights = weights if isinstance(weights, RewardWeights) else RewardWeights(**weights)
+        self._plugin_weights = {name: float(w) for name, w in stage_plugins.items()}
 
     def score_batch(self, items: Iterable[ScoreItem]) -> list[RewardBreakdown]:
         """One breakdown per item, in order. Consecutive items with the same ground truth (a GRPO
@@ -173,8 +185,9 @@ class RewardPipeline:
             return breakdown
         weighted, weight_sum = breakdown.total * base_weight, base_weight
         for plugin in self.plugins:
-            weighted += plugin.weight * self._run_plugin(plugin, breakdown, raw, completion, data_source, extra_info)
-            weight_sum += plugin.weight
+            weight = self._plugin_weights.get(plugin.name, plugin.weight)
+            weighted += weight * self._run_plugin(plugin, breakdown, raw, completion, data_source, extra_info)
+            weight_sum += weight
         breakdown.total = min(1.0, weighted / weight_sum)
         return breakdown
 

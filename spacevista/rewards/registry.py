@@ -28,6 +28,7 @@ from spacevista.rewards.components import (
     scale_reward,
     text_reward,
 )
+from spacevista.rewards.paper import magnitude_score, semantic_score
 from spacevista.rewards.parse import parse_completion
 from spacevista.rewards.stepwise import compute_score
 from spacevista.rewards.truth import GroundTruthError, parse_ground_truth
@@ -187,3 +188,8 @@ def _answer_score(name: str, component: Callable[..., tuple[float, str]]) -> Rew
 for _name, _component in (("numeric", numeric_reward), ("choice", choice_reward), ("count", count_reward),
                           ("text", text_reward)):
     _answer_score(_name, _component)
+
+
+# ---- the paper's extra components (rewards/paper.py): plugins by name, or stage-weighted in a curriculum ----
+register_reward("magnitude")(magnitude_score)
+register_reward("semantic")(semantic_score)
