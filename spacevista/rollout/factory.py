@@ -11,7 +11,8 @@ from spacevista.rollout.engine import Engine
 def make_engine(rollout: RolloutConfig, model_path: str, model: ModelConfig) -> Engine:
     """The engine `rollout.engine` names ("hf" | "vllm") serving `model.experts`; vLLM is imported only here.
 
-    The HF engine runs on the GPU when this process sees one (a Ray actor does only if given one).
+    The HF engine runs on the GPU when this process sees one (a Ray actor does only if given one). With
+    `model.dense.enabled` both compute the dense branch: HF natively, vLLM as fused visual embeddings.
     """
     if rollout.engine == "hf":
         from spacevista.rollout.hf_engine import HFEngine
@@ -23,13 +24,11 @@ def make_engine(rollout: RolloutConfig, model_path: str, model: ModelConfig) -> 
                         device="cuda" if torch.cuda.is_available() else "cpu",
                         max_batch_size=rollout.max_batch_size, dense=model.dense)
     if rollout.engine == "vllm":
-        if model.dense.enabled:  # policies.dense.vllm_embedding_inputs makes the inputs; the engine takes none yet
-            raise NotImplementedError("model.dense.enabled with rollout.engine=vllm: not wired yet; use rollout=hf")
         from spacevista.rollout.vllm_engine import VLLMEngine
 
         return VLLMEngine(model_path, model.experts, model.lora, max_model_len=rollout.max_model_len,
                           dtype=model.dtype, max_num_seqs=rollout.max_num_seqs,
                           gpu_memory_utilization=rollout.gpu_memory_utilization,
                           tensor_parallel_size=rollout.tensor_parallel_size, enforce_eager=rollout.enforce_eager,
-                          enable_prefix_caching=rollout.enable_prefix_caching)
+                          enable_prefix_caching=rollout.enable_prefix_caching, dense=model.dense)
     raise ValueError(f"rollout.engine: {rollout.engine!r} is not one of hf, vllm")

@@ -5,6 +5,12 @@ module (see shared STACK.md): re-registering a `lora_int_id` with a new path sil
 weights, so each update gets fresh ids and the old ones are removed; on the CPU build a no-adapter
 request batched with adapter requests picks up another adapter's weights, so base-model requests
 (`BASE_EXPERT`) run in a call of their own; video needs explicit metadata.
+
+Dense branch (`dense.enabled`): vLLM serves the unchanged Qwen2.5-VL and receives, per prompt, the FUSED
+visual tokens as `image_embeds` / `video_embeds` with their grids (and a video's `second_per_grid_ts`,
+which sets its temporal rope positions), `enable_mm_embeds` on. The engine holds Qwen's vision tower
+(taken from the policy it loads anyway, the language model dropped) and the `DenseBranch` on the
+worker's device, and computes them from the very processor outputs the learner trains on.
 """
 
 from __future__ import annotations
@@ -22,7 +28,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from spacevista.configs.dense import DenseConfig
 from spacevista.policies.chat import media_token_ids
+from spacevista.policies.dense import DenseBranch, fused_visual_embeds, load_fusion_state_dict, visual_tower
 from spacevista.policies.experts import ExpertLoRAConfig, attach_experts, expert_state_dict, write_expert_dir
 from spacevista.policies.prompts import EncodedPrompt, chat_text, encode_prompts
 from spacevista.policies.tiny import load_policy
@@ -73,7 +81,7 @@ class VLLMEngine:
                  lora: ExpertLoRAConfig | None = None, max_model_len: int = 4096, max_num_seqs: int = 256,
                  dtype: str = "float32", seed: int = 0, gpu_memory_utilization: float = 0.9,
                  tensor_parallel_size: int = 1, enforce_eager: bool | None = None,
-                 enable_prefix_caching: bool = True, **llm_kwargs: Any):
+                 enable_prefix_caching: bool = True, dense: DenseConfig | None = None, **llm_kwargs: Any):
         vllm = import_vllm()
         from transformers import AutoConfig, AutoProcessor
 
@@ -89,6 +97,16 @@ class VLLMEngine:
         self._adapters: dict[str, Any] = {}  # expert -> its current LoRARequest
         self._version = 0
         self._lock = threading.Lock()
+        policy, _ = load_policy(model_path)
+        self.dense: DenseBranch | None = None
+        self.dense_version = 0
+        if dense is not None and dense.enabled:
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+            self._tower = _VisionTower(visual_tower(policy)).to(device, getattr(torch, dtype, torch.float32))
+            self.dense = DenseBranch.build(dense, self._tower, self.processor, device)
+            llm_kwargs["enable_mm_embeds"] = True
+        initial = self._initial_experts(policy)
+        del policy  # the language model is vLLM's; only the vision tower is kept (with the dense branch)
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")  # GiB; the CPU build's default is far larger
         device_args = engine_args(on_gpu=torch.cuda.is_available(), max_model_len=max_model_len,
                                   max_num_seqs=max_num_seqs, gpu_memory_utilization=gpu_memory_utilization,
@@ -98,11 +116,10 @@ class VLLMEngine:
             model=str(model_path), enable_lora=True, max_loras=len(self._experts),
             max_cpu_loras=2 * len(self._experts), max_lora_rank=self._lora.rank, dtype=dtype, seed=seed,
             logprobs_mode="processed_logprobs", **device_args, **llm_kwargs)
-        self._install(self._initial_experts(model_path), version=0)
+        self._install(initial, version=0)
 
-    def _initial_experts(self, model_path) -> dict[str, dict[str, torch.Tensor]]:
+    def _initial_experts(self, model) -> dict[str, dict[str, torch.Tensor]]:
         """Fresh experts (LoRA B = 0 by default: each equals the base model), as the HF engine starts."""
-        model, _ = load_policy(model_path)
         peft_model = attach_experts(model, self._experts, self._lora, trainable=False)
         return {e: expert_state_dict(peft_model, e) for e in self._experts}
 
@@ -117,6 +134,14 @@ class VLLMEngine:
     def update_experts(self, version: int, weights: Mapping[str, Mapping[str, torch.Tensor]]) -> None:
         check_update(weights, self._experts)
         self._install(weights, version)
+
+    def update_dense(self, version: int, weights: Mapping[str, torch.Tensor]) -> None:
+        """Load the learner's dense fusion weights in place (atomically w.r.t. `generate`)."""
+        if self.dense is None:
+            raise ValueError("update_dense: this engine runs without the dense branch (model.dense.enabled=false)")
+        with self._lock:
+            load_fusion_state_dict(self.dense.fusion, weights)
+            self.dense_version = version
 
     def _install(self, weights: Mapping[str, Mapping[str, torch.Tensor]], version: int) -> None:
         # Write the new adapters first (outside the lock), then swap them in between two generate calls.
@@ -146,10 +171,11 @@ class VLLMEngine:
         by_index: dict[int, list[Completion]] = {}
         prompts = encode_prompts(self.processor, requests)  # what the learner trains on (vLLM keeps its own)
         with self._lock:
+            media = self._fused_media(prompts) if self.dense is not None else [None] * len(requests)
             for group in (routed, base):  # never in one call: see the module docstring
                 if group:
                     outputs = self.llm.generate(
-                        [self._prompt(requests[i]) for i in group],
+                        [self._prompt(requests[i], media[i]) for i in group],
                         [self._sampling(params, i) for i in group],
                         lora_request=[self._adapters.get(requests[i].expert) for i in group],
                         use_tqdm=False)
@@ -157,14 +183,37 @@ class VLLMEngine:
                         by_index[i] = self._completions(requests[i], prompts[i], output, params)
             return [c for i in range(len(requests)) for c in by_index[i]]
 
-    def _prompt(self, request: GenerationRequest) -> dict[str, Any]:
+    def _prompt(self, request: GenerationRequest, embeds: dict[str, Any] | None = None) -> dict[str, Any]:
+        """The prompt text and its media: frames, or (dense branch) the fused embeddings `embeds`."""
         text = chat_text(self.processor, request, request.request_id)
-        media: dict[str, Any] = {}
-        if request.images:
+        media: dict[str, Any] = dict(embeds or {})
+        if request.images and embeds is None:
             media["image"] = list(request.images)
-        if request.videos:
+        if request.videos and embeds is None:
             media["video"] = [_video_item(frames) for frames in request.videos]
         return {"prompt": text, "multi_modal_data": media} if media else {"prompt": text}
+
+    @torch.no_grad()
+    def _fused_media(self, prompts: Sequence[EncodedPrompt]) -> list[dict[str, Any] | None]:
+        """Per prompt, `multi_modal_data` of fused embeddings (None: no media): one tower call per media kind
+        for the whole batch, as the HF engine's `generate` makes it, then split back per prompt."""
+        out: list[dict[str, Any] | None] = [None] * len(prompts)
+        device = self.dense.fusion.gate.device
+        for kind, pixels, grid in (("image", "pixel_values", "image_grid_thw"),
+                                   ("video", "pixel_values_videos", "video_grid_thw")):
+            having = [i for i, p in enumerate(prompts) if p.media.get(pixels) is not None]
+            if not having:
+                continue
+            batch = [torch.cat([prompts[i].media[key] for i in having]).to(device) for key in (pixels, grid)]
+            embeds = iter(fused_visual_embeds(self._tower, *batch))
+            for i in having:
+                media = prompts[i].media
+                items = [next(embeds) for _ in range(len(media[grid]))]
+                data = {f"{kind}_embeds": torch.cat(items).to("cpu", torch.float32), grid: media[grid]}
+                if kind == "video" and media.get("second_per_grid_ts") is not None:
+                    data["second_per_grid_ts"] = media["second_per_grid_ts"]  # the temporal rope positions
+                out[i] = {**(out[i] or {}), kind: data}
+        return out
 
     def _sampling(self, params: SamplingParams, index: int):
         # vLLM seeds the k-th of n samples with seed + k: stride by n so no two samples share a stream.
@@ -196,6 +245,14 @@ class VLLMEngine:
         """Stop vLLM's engine process and delete the adapter files (the files also go at interpreter exit)."""
         self.llm.llm_engine.engine_core.shutdown()
         self._remove_root()
+
+
+class _VisionTower(torch.nn.Module):
+    """Qwen2.5-VL's vision tower alone, as `visual` (where `policies.dense.visual_tower` finds it)."""
+
+    def __init__(self, visual: torch.nn.Module) -> None:
+        super().__init__()
+        self.visual = visual.eval()
 
 
 def _adapter_root() -> Path:
