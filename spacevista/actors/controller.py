@@ -330,6 +330,9 @@ def _scalars(per_scale: dict[str, dict[str, float]], learn: dict[str, float], co
     for scale, row in per_scale.items():
         prefix = "reward" if scale == "all" else f"reward/{scale}"
         out.update({f"{prefix}/{k}": float(v) for k, v in row.items()})
+        # the headline `total` (console, TensorBoard) uses the fixed weights, so it is comparable across
+        # curriculum stages; what the stage's weights optimise is `stage_total`
+        out[f"{prefix}/total"], out[f"{prefix}/stage_total"] = float(row["fixed_total"]), float(row["total"])
     lengths = [len(c.response_ids) for c in completions]
     out["response/length_mean"] = float(np.mean(lengths))
     out["response/truncated_frac"] = float(np.mean([c.finish_reason == "length" for c in completions]))
