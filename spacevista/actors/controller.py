@@ -36,6 +36,7 @@ from spacevista.configs.schema import RewardWeightsConfig, StageConfig, TrainCon
 from spacevista.curriculum import Curriculum, StageChange
 from spacevista.data.schema import Record
 from spacevista.policies.batch import TrainSample
+from spacevista.policies.checkpoint import check_format as check_checkpoint_format
 from spacevista.policies.objectives import response_advantages
 from spacevista.rewards.pipeline import plugin_errors
 from spacevista.rewards.stepwise import RewardBreakdown, aggregate_breakdowns
@@ -126,6 +127,8 @@ def sft_targets(records: list[Record]) -> list[str]:
 # ---- the loop ----------------------------------------------------------------------------------
 def train(cfg: TrainConfig, run_dir: Path, config_dict: dict[str, Any] | None = None) -> TrainResult:
     validate_config(cfg)
+    if (requested := checkpointing.resolve_resume(cfg.resume, run_dir)) is not None:
+        check_checkpoint_format(requested)  # an old pickled checkpoint fails before Ray, saying how to upgrade it
     run_dir.mkdir(parents=True, exist_ok=True)
     console.print(f"[bold]SpaceVista-RL[/bold] run directory: {run_dir}")
     prep: PreparedRun = prepare_run(cfg, run_dir)

@@ -1,7 +1,7 @@
 """What evaluation takes from a training checkpoint: the base model, the scale experts, the router.
 
 A checkpoint `step_N/` (policies/checkpoint.py, checkpointing.py) holds one peft adapter directory
-per expert, `learner.pt` (the router's state among the optimizer's), `base/` when full-parameter SFT
+per expert, `router.safetensors` (the learned router), `base/` when full-parameter SFT
 trained the base model, and the `COMPLETE` marker. The base model the experts adapt is, first found:
 `--model`, `step_N/base/`, the marker's `model_path`. The base policy baseline (`--checkpoint none`)
 has one expert, ZERO_EXPERT, fresh (LoRA B = 0), so it runs the engines' expert path and equals the
@@ -20,7 +20,8 @@ from peft.utils import SAFETENSORS_WEIGHTS_NAME
 from safetensors.torch import load_file
 
 from spacevista.checkpointing import COMPLETE_MARKER, latest_checkpoint
-from spacevista.policies.checkpoint import BASE_DIR, LEARNER_FILE
+from spacevista.policies.checkpoint import (BASE_DIR, PICKLED_LEARNER_FILE, ROUTER_FILE, CheckpointFormatError,
+                                           read_router)
 from spacevista.configs.experts import expert_map
 from spacevista.policies.experts import ExpertLoRAConfig
 from spacevista.policies.router import RouterConfig, ScaleRouter
@@ -91,7 +92,8 @@ def _expert_names(checkpoint: Path) -> list[str]:
                         f"no {COMPLETE_MARKER} lists the experts")
     if recorded:
         if set(recorded) != names:
-            raise EvalError(f"{checkpoint}: {COMPLETE_MARKER} lists experts {recorded} but holds adapters {sorted(names)}")
+            raise EvalError(f"{checkpoint}: {COMPLETE_MARKER} lists experts {recorded} "
+                            f"but holds adapters {sorted(names)}")
         return list(recorded)
     return [s for s in SCALES if s in names]
 
@@ -136,12 +138,13 @@ def _base_model(checkpoint: Path, model_path: Path | None) -> Path:
 
 
 def _router(checkpoint: Path, experts: list[str]) -> ScaleRouter | None:
-    """The learned router of `learner.pt`, if it has a classifier that took at least one step."""
-    learner_file = checkpoint / LEARNER_FILE
-    if not learner_file.is_file():
+    """The checkpoint's learned router (router.safetensors), if it has a classifier that took a step."""
+    if not (checkpoint / ROUTER_FILE).is_file() and not (checkpoint / PICKLED_LEARNER_FILE).is_file():
         return None
-    # Our own file (RNG states are not tensors); mmap: the optimizer state it also holds is never read.
-    state = torch.load(learner_file, map_location="cpu", mmap=True, weights_only=False)["router"]
+    try:
+        state = read_router(checkpoint)
+    except CheckpointFormatError as err:
+        raise EvalError(str(err)) from None
     if "classifier.0.weight" not in state or int(state["trained_steps"]) == 0:
         return None
     classes = state["classifier.3.weight"].shape[0]
@@ -152,5 +155,5 @@ def _router(checkpoint: Path, experts: list[str]) -> ScaleRouter | None:
     try:
         router.load_state_dict(state)
     except RuntimeError as err:
-        raise EvalError(f"{checkpoint}: the router state in {LEARNER_FILE} does not fit ScaleRouter: {err}") from None
+        raise EvalError(f"{checkpoint}: the router state in {ROUTER_FILE} does not fit ScaleRouter: {err}") from None
     return router.eval()

@@ -389,8 +389,8 @@ class LearnerCore:
                 del self.optimizer.state[param]
 
     def save_checkpoint(self, directory: str | Path) -> None:
-        """Write `directory/<expert>/` (peft adapter dirs), `learner.pt`, and `base/` if the base
-        was trained. Collective; rank 0 writes. Atomicity (temp dir + rename) is the caller's."""
+        """Write the checkpoint layout of policies/checkpoint.py (experts as peft adapter dirs, plain-format
+        learner state, `base/` if trained). Collective; rank 0 writes. Atomicity is the caller's."""
         state = self.state_dict()
         if self.rank == 0:
             checkpoint.write(Path(directory), state, self.model, self.processor)
