@@ -1,4 +1,4 @@
-"""`spacevista` command line: train | eval | submit | jobs | plan | data | rewards | export | checkpoint.
+"""`spacevista` command line: train | eval | submit | jobs | plan | data | rewards | study | export | checkpoint.
 
 `train` hands its arguments to Hydra (overrides, `-m` multiruns, `--cfg job`); the other
 subcommands are argparse. Heavy imports happen inside each subcommand, so `--help` is instant.
@@ -27,6 +27,8 @@ def _parser() -> argparse.ArgumentParser:
     add_jobs_subparser(sub)
     from spacevista.cluster.plan_cli import add_subparser as add_plan
     add_plan(sub)
+    from spacevista.study.cli import add_subparser as add_study
+    add_study(sub)
     from spacevista.export import add_subparsers as add_export
     add_export(sub)
     return parser
