@@ -5,7 +5,8 @@ per expert, `router.safetensors` (the learned router), `base/` when full-paramet
 trained the base model, and the `COMPLETE` marker. The base model the experts adapt is, first found:
 `--model`, `step_N/base/`, the marker's `model_path`. The base policy baseline (`--checkpoint none`)
 has one expert, ZERO_EXPERT, fresh (LoRA B = 0), so it runs the engines' expert path and equals the
-base model exactly.
+base model exactly. A checkpoint trained with the dense branch holds `dense_fusion.safetensors`: its fusion,
+and in its metadata the branch's config, so evaluation rebuilds the same branch (encoder included).
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ from peft.utils import SAFETENSORS_WEIGHTS_NAME
 from safetensors.torch import load_file
 
 from spacevista.checkpointing import COMPLETE_MARKER, latest_checkpoint
+from spacevista.configs.dense import DenseConfig, TinyDenseEncoderConfig
+from spacevista.policies.dense import FUSION_FILE, load_fusion
 from spacevista.policies.checkpoint import (BASE_DIR, PICKLED_LEARNER_FILE, ROUTER_FILE, CheckpointFormatError,
                                            read_router)
 from spacevista.configs.experts import expert_map
@@ -48,6 +51,9 @@ class EvalPolicy:
     router: ScaleRouter | None = None
     checkpoint: Path | None = None
     expert_of_scale: dict[str, str] = field(default_factory=dict)  # label routing: scale -> expert
+    dense: DenseConfig | None = None  # the dense branch the checkpoint was trained with; None: none
+    dense_weights: dict[str, torch.Tensor] = field(default_factory=dict)  # its fusion
+    dense_meta: dict[str, str] = field(default_factory=dict)  # the fusion file's metadata (encoder id, ...)
 
 
 def base_policy(model_path: str | Path) -> EvalPolicy:
@@ -64,7 +70,7 @@ def load_policy_from_checkpoint(path: str | Path, model_path: str | Path | None 
     weights = {e: load_file(str(checkpoint / e / SAFETENSORS_WEIGHTS_NAME)) for e in experts}
     base = _base_model(checkpoint, Path(model_path) if model_path else None)
     return EvalPolicy(checkpoint.name, base, experts, lora, weights, _router(checkpoint, experts), checkpoint,
-                      _expert_of_scale(checkpoint, experts))
+                      _expert_of_scale(checkpoint, experts), *_dense(checkpoint))
 
 
 def resolve_checkpoint(path: Path) -> Path:
@@ -103,6 +109,19 @@ def _expert_of_scale(checkpoint: Path, experts: list[str]) -> dict[str, str]:
     state_file = checkpoint / "controller.json"
     recorded = json.loads(state_file.read_text()).get("expert_of_scale") if state_file.is_file() else None
     return dict(recorded) if recorded else expert_map(experts)
+
+
+def _dense(checkpoint: Path) -> tuple[DenseConfig | None, dict[str, torch.Tensor], dict[str, str]]:
+    """The checkpoint's dense fusion and the branch config it records (before it did: the shapes only, with
+    the default encoder, which the fusion's encoder id then has to match)."""
+    path = checkpoint / FUSION_FILE
+    if not path.is_file():
+        return None, {}, {}
+    weights, meta = load_fusion(path)
+    recorded = json.loads(meta["config"]) if "config" in meta else {
+        "heads": int(meta["heads"]), "projector": meta["projector"], "resolution": int(meta["resolution"])}
+    tiny = TinyDenseEncoderConfig(**recorded.pop("tiny", {}))
+    return DenseConfig(**{**recorded, "tiny": tiny, "enabled": True}), weights, meta
 
 
 def _lora_config(checkpoint: Path, experts: list[str]) -> ExpertLoRAConfig:

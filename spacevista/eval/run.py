@@ -18,6 +18,7 @@ from typing import Any, Protocol
 import torch
 from tqdm.auto import tqdm
 
+from spacevista.configs.dense import DENSE_WEIGHTS, DenseConfig
 from spacevista.configs.schema import ModelConfig, RolloutConfig
 from spacevista.data.convert import (
     ConvertOptions,
@@ -170,7 +171,7 @@ def _torch_dtype(options: RunOptions) -> str:
 
 def _configs(policy: EvalPolicy, options: RunOptions) -> tuple[ModelConfig, RolloutConfig]:
     model = ModelConfig(path=str(policy.model_path), dtype=_torch_dtype(options), lora=policy.lora,
-                        experts=list(policy.experts))
+                        experts=list(policy.experts), dense=policy.dense or DenseConfig())
     rollout = RolloutConfig(engine=options.engine, max_tokens=options.max_tokens,
                             max_model_len=options.max_model_len or _max_model_len(policy.model_path),
                             max_batch_size=options.batch_size)
@@ -189,13 +190,24 @@ def _generator(policy: EvalPolicy, options: RunOptions) -> Generator:
     if options.workers > 1:
         from spacevista.eval.parallel import RayRollout
 
-        return RayRollout(options.workers, policy.model_path, model, rollout, policy.weights)
+        fusion = {DENSE_WEIGHTS: policy.dense_weights} if policy.dense else {}  # workers apply it like training's
+        return RayRollout(options.workers, policy.model_path, model, rollout, {**policy.weights, **fusion})
     from spacevista.rollout import make_engine
 
     engine = make_engine(rollout, str(policy.model_path), model)
     if policy.weights:
         engine.update_experts(1, policy.weights)
+    if policy.dense:
+        _load_fusion(engine.dense, policy)
     return engine
+
+
+def _load_fusion(branch, policy: EvalPolicy) -> None:
+    """The checkpoint's dense fusion into `branch`, refused when trained on another encoder's features."""
+    try:
+        branch.load_state(policy.dense_weights, policy.dense_meta, f"{policy.checkpoint} dense fusion")
+    except ValueError as err:
+        raise EvalError(str(err)) from None
 
 
 class _FeatureModel:
@@ -211,6 +223,10 @@ class _FeatureModel:
 
             device = "cuda" if torch.cuda.is_available() else "cpu"
             self.model, self.processor = load_policy(policy.model_path, getattr(torch, _torch_dtype(options)), device)
+            if policy.dense:  # the router was trained on the fused visual tokens
+                from spacevista.policies.dense import DenseBranch
+
+                _load_fusion(DenseBranch.build(policy.dense, self.model, self.processor, device), policy)
 
     def __call__(self, requests: Sequence[GenerationRequest]) -> torch.Tensor:
         from spacevista.policies.prompts import encode_batch

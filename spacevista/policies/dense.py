@@ -17,10 +17,12 @@ state dict are untouched; its weights save as one safetensors file and are versi
 
 from __future__ import annotations
 
+import json
 import math
 from collections import defaultdict
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -130,6 +132,7 @@ class DenseBranch:
         self._handle: Any = None
         self._enabled = True
         self._layout: tuple[int, int, int] | None = None  # patch, temporal patch, merge size of the tower
+        self.config: DenseConfig | None = None  # what `build` was given: saved with the weights (eval rebuilds it)
 
     @classmethod
     def build(cls, cfg: DenseConfig, model: nn.Module, processor: Any = None, device: str | torch.device = "cpu",
@@ -143,7 +146,9 @@ class DenseBranch:
         image_processor = getattr(processor, "image_processor", None)
         mean = getattr(image_processor, "image_mean", None) or CLIP_MEAN
         std = getattr(image_processor, "image_std", None) or CLIP_STD
-        return cls(encoder, fusion, cache, cfg.frames_per_patch, mean, std).attach(model)
+        branch = cls(encoder, fusion, cache, cfg.frames_per_patch, mean, std)
+        branch.config = cfg
+        return branch.attach(model)
 
     # ---- hook ------------------------------------------------------------------------------------
     def attach(self, model: nn.Module) -> DenseBranch:
@@ -242,9 +247,13 @@ class DenseBranch:
 
     # ---- trainable parts, weights ------------------------------------------------------------------
     def metadata(self) -> dict[str, str]:
+        """What the weights were trained with; `config` (the branch's DenseConfig as JSON) rebuilds the branch."""
         f = self.fusion
-        return {"encoder_id": self.encoder.encoder_id, "feature_dim": str(f.feature_dim), "hidden": str(f.hidden),
+        meta = {"encoder_id": self.encoder.encoder_id, "feature_dim": str(f.feature_dim), "hidden": str(f.hidden),
                 "heads": str(f.heads), "projector": f.projector_kind, "resolution": str(self.encoder.resolution)}
+        if self.config is not None:
+            meta["config"] = json.dumps(asdict(self.config), sort_keys=True)
+        return meta
 
     def save(self, path: str | Path, version: int = 0) -> Path:
         return save_fusion(path, fusion_state_dict(self.fusion), {**self.metadata(), "version": str(version)})
