@@ -10,12 +10,14 @@ only wires them, and reads top to bottom.
 
 from __future__ import annotations
 
+import contextlib
+import copy
 import dataclasses
 import json
 import random
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +28,8 @@ import torch
 from spacevista import checkpointing
 from spacevista.actors.learner import LearnerGroup
 from spacevista.actors.pool import WorkerPool
+from spacevista.actors.recovery import FAULTS, Recovery, RoleFailure
+from spacevista.actors.report import TrainResult, finish
 from spacevista.actors.workers import RolloutItem
 from spacevista.actors.setup import (PreparedRun, prepare_run, registered_plugins, reward_config_dict, start_ray,
                                      stage_reward_weights, validate_config)
@@ -33,28 +37,19 @@ from spacevista.cluster.metrics import RayMetrics
 from spacevista.cluster.resources import check_cluster, reserve
 from spacevista.configs.experts import expert_map, expert_of
 from spacevista.configs.schema import RewardWeightsConfig, StageConfig, TrainConfig
-from spacevista.curriculum import Curriculum, StageChange
+from spacevista.curriculum import Curriculum
 from spacevista.data.schema import Record
 from spacevista.policies.batch import TrainSample
 from spacevista.policies.checkpoint import check_format as check_checkpoint_format
 from spacevista.policies.objectives import response_advantages
 from spacevista.rewards.pipeline import plugin_errors
 from spacevista.rewards.stepwise import RewardBreakdown, aggregate_breakdowns
-from spacevista.scales import SCALES, AnswerType
+from spacevista.scales import AnswerType
 from spacevista.rollout.engine import Completion, GenerationRequest, SamplingParams
-from spacevista.tracking import Tracker, compare_table, console, plot_reward_curves, read_history, reward_table
+from spacevista.tracking import Tracker, console, reward_table
 
 
 ANSWER_COMPONENTS = tuple(t.value for t in AnswerType)
-
-
-@dataclass
-class TrainResult:
-    run_dir: Path
-    steps: int
-    final_reward: float
-    history: list[dict[str, float]] = field(default_factory=list)
-    stage_changes: list[StageChange] = field(default_factory=list)
 
 
 # ---- conversions between the components' types --------------------------------------------------
@@ -134,48 +129,61 @@ def train(cfg: TrainConfig, run_dir: Path, config_dict: dict[str, Any] | None = 
     prep: PreparedRun = prepare_run(cfg, run_dir)
     owns_ray = start_ray(cfg.cluster, run_dir)
     try:
-        return _train(cfg, run_dir, prep, config_dict)
+        check_cluster(cfg.cluster)
+        recovery = Recovery(run_dir, cfg.cluster.max_recoveries, checkpointing.resolve_resume(cfg.resume, run_dir),
+                            cfg.cluster.metrics_prefix if cfg.log.ray_metrics else None)
+        while True:  # attempts: a lost rank, worker or node, or a frozen call, restarts from the last checkpoint
+            attempt = dataclasses.replace(prep, sampler=copy.deepcopy(prep.sampler),
+                                          sft_sampler=copy.deepcopy(prep.sft_sampler))  # as prepared: step 0's
+            try:
+                return _train(cfg, run_dir, attempt, config_dict, recovery)
+            except (RoleFailure, *FAULTS) as fault:
+                recovery.recover(fault)  # an event; raises once cluster.max_recoveries are spent
     finally:
         if owns_ray:
             ray.shutdown()
 
 
-def _train(cfg: TrainConfig, run_dir: Path, prep: PreparedRun, config_dict: dict[str, Any] | None) -> TrainResult:
-    check_cluster(cfg.cluster)
+def _train(cfg: TrainConfig, run_dir: Path, prep: PreparedRun, config_dict: dict[str, Any] | None,
+           recovery: Recovery) -> TrainResult:
+    """One attempt: build every role, continue from `recovery.checkpoint` (step 0 if none), run to the end."""
     run_name = run_dir.name
     curriculum = Curriculum(cfg.curriculum)
     sampler = prep.sampler
-    resume_from = checkpointing.resolve_resume(cfg.resume, run_dir)
+    resume_from = recovery.checkpoint
     start_step = 0
     random.seed(cfg.seed)
     np.random.seed(cfg.seed)
     torch.manual_seed(cfg.seed)
 
-    learners = LearnerGroup(cfg, prep.model_path, reserve("learner", cfg.cluster.learner), run_name)
-    pending: _Rollout | None = None
-    pending_state: dict[str, Any] | None = None
-    if resume_from is not None:
-        state, pending_state = learners.load(resume_from)
-        curriculum.load_state_dict(state["curriculum"])
-        sampler.load_state_dict(state["sampler"])
-        start_step = checkpointing.checkpoint_step(resume_from)
-        console.print(f"resumed from {resume_from} (step {start_step}, stage {curriculum.stage.name!r})")
-    elif cfg.learner.sft.steps > 0:
-        _sft_warmup(cfg, prep, learners)
+    with contextlib.ExitStack() as roles:  # every role is torn down however the attempt ends
+        learners = LearnerGroup(cfg, prep.model_path, reserve("learner", cfg.cluster.learner), run_name)
+        roles.callback(learners.shutdown)
+        pending: _Rollout | None = None
+        pending_state: dict[str, Any] | None = None
+        if resume_from is not None:
+            state, pending_state = learners.load(resume_from)
+            curriculum.load_state_dict(state["curriculum"])
+            sampler.load_state_dict(state["sampler"])
+            start_step = checkpointing.checkpoint_step(resume_from)
+            console.print(f"resumed from {resume_from} (step {start_step}, stage {curriculum.stage.name!r})")
+        elif cfg.learner.sft.steps > 0:
+            _sft_warmup(cfg, prep, learners)
 
-    policy_path = learners.export_policy(run_dir / "policy") or prep.model_path
-    rollout = WorkerPool.rollout(cfg, str(policy_path), reserve("rollout", cfg.cluster.rollout), run_name)
-    reward = WorkerPool.reward(reward_config_dict(cfg.reward), reserve("reward", cfg.cluster.reward), run_name,
-                               registered_plugins(cfg.reward))
-    expert_refs = learners.expert_refs(version=start_step)  # what rollout workers must serve now
-    if pending_state is not None:
-        pending = _Rollout.from_dict(pending_state, cfg, prep, rollout)
+        policy_path = learners.export_policy(run_dir / "policy") or prep.model_path
+        rollout = WorkerPool.rollout(cfg, str(policy_path), reserve("rollout", cfg.cluster.rollout), run_name)
+        roles.callback(rollout.shutdown)
+        reward = WorkerPool.reward(reward_config_dict(cfg.reward), reserve("reward", cfg.cluster.reward), run_name,
+                                   registered_plugins(cfg.reward), cfg.cluster)
+        roles.callback(reward.shutdown)
+        expert_refs = learners.expert_refs(version=start_step)  # what rollout workers must serve now
+        if pending_state is not None:
+            pending = _Rollout.from_dict(pending_state, cfg, prep, rollout)
 
-    tracker = Tracker(run_dir, cfg.log, cfg.steps, start_step, config_dict)
-    metrics = RayMetrics(cfg.cluster.metrics_prefix) if cfg.log.ray_metrics else None
-    n = cfg.rollout.n
-    history: list[dict[str, float]] = []
-    try:
+        tracker = Tracker(run_dir, cfg.log, cfg.steps, start_step, config_dict)  # drops rows past start_step
+        roles.callback(tracker.close)
+        metrics = RayMetrics(cfg.cluster.metrics_prefix) if cfg.log.ray_metrics else None
+        n = cfg.rollout.n
         evaluate = _Evaluator(cfg, prep, rollout, reward)
         if start_step == 0 and evaluate.records:
             tracker.log_eval(0, evaluate(0, expert_refs))
@@ -185,7 +193,7 @@ def _train(cfg: TrainConfig, run_dir: Path, prep: PreparedRun, config_dict: dict
                 pending = _launch(cfg, step, curriculum, sampler, prep, rollout, step - 1, expert_refs)
             current, pending = pending, None
             stage, records, items = current.stage, current.records, current.items
-            completions = current.completions if current.completions is not None else WorkerPool.gather(current.refs)
+            completions = current.completions if current.completions is not None else rollout.gather(current.refs)
             t_gen = time.perf_counter()
             breakdowns = reward.score(score_items(records, completions, n), stage_reward_weights(stage))
             t_rew = time.perf_counter()
@@ -206,12 +214,12 @@ def _train(cfg: TrainConfig, run_dir: Path, prep: PreparedRun, config_dict: dict
                                {"generate": t_gen - t0, "reward": t_rew - t_gen, "learn": t_learn - t_rew,
                                 "step": time.perf_counter() - t0})
             scalars["rollout/staleness"] = float(step - 1 - current.weights_version)
+            scalars["faults/recoveries"] = float(recovery.count)
             plugin_failures = plugin_errors(breakdowns)
             scalars.update({f"reward/plugin_errors/{name}": float(v) for name, v in plugin_failures.items()})
             change = curriculum.observe(step, {s: v for s, v in per_scale.items() if s != "all"})
             tracker.log(step, scalars, {"stage": stage.name, "reward": f"{scalars['reward/total']:.3f}",
                                         "samples/s": f"{scalars['perf/samples_per_s']:.1f}"})
-            history.append({"step": step, **scalars})
             _log_samples(run_dir, step, records, completions, breakdowns, n, cfg.log.samples_per_step)
             if metrics is not None:
                 metrics.record_step(step, curriculum.stage_index, stage.name, per_scale,
@@ -228,17 +236,11 @@ def _train(cfg: TrainConfig, run_dir: Path, prep: PreparedRun, config_dict: dict
                 tracker.log_eval(step, evaluate(step, expert_refs))
             if step % cfg.checkpoint_every == 0 or step == cfg.steps:
                 if pending is not None:  # async: keep step k+1's rollout with the checkpoint, so resume is exact
-                    pending.completions, pending.refs = WorkerPool.gather(pending.refs), []
+                    pending.completions, pending.refs = rollout.gather(pending.refs), []
                 learners.save(run_dir, step, {"curriculum": curriculum.state_dict(), "sampler": sampler.state_dict(),
                                "expert_of_scale": expert_map(cfg.model.experts, cfg.model.expert_of_scale)},
                               cfg.keep_checkpoints, pending.to_dict() if pending is not None else None)
-        result = _finish(run_dir, history, curriculum, cfg.log.plot, tracker)
-    finally:
-        tracker.close()
-        rollout.shutdown()
-        reward.shutdown()
-        learners.shutdown()
-    return result
+        return finish(run_dir, curriculum, cfg.log.plot, tracker)
 
 
 COMPLETION_FIELDS = ("request_id", "sample_index", "expert", "response_ids", "text", "logprobs", "finish_reason",
@@ -359,47 +361,3 @@ def _log_samples(run_dir: Path, step: int, records: list[Record], completions: l
                                  "answer": r.answer.text(), "completion": c.text, "reward": b.total,
                                  "components": b.components, "reasons": b.reasons}) + "\n")
 
-
-METRICS = ("fixed_total", "format", "scale", "accuracy")
-
-
-def _compare(before: list[dict[str, float]], after: list[dict[str, float]], prefix: str) -> dict[str, dict[str, list]]:
-    """{scale: {metric: [mean before, mean after]}} over the rows given (None where a scale is absent)."""
-    def mean(rows: list[dict[str, float]], key: str) -> float | None:
-        vals = [r[key] for r in rows if key in r]
-        return round(float(np.mean(vals)), 4) if vals else None
-
-    table = {}
-    for scale in ["all", *SCALES]:
-        head = prefix if scale == "all" else f"{prefix}/{scale}"
-        row = {m: [mean(before, f"{head}/{m}"), mean(after, f"{head}/{m}")] for m in METRICS}
-        if any(v != [None, None] for v in row.values()):
-            table[scale] = row
-    common = [s for s in SCALES if s in table and None not in table[s]["fixed_total"]]
-    if common and len(common) < len(table) - 1:  # the curriculum changed the mix: compare like with like
-        table["common scales"] = {m: [round(float(np.mean([table[s][m][i] for s in common if table[s][m][i] is not None])), 4)
-                                      for i in (0, 1)] for m in METRICS}
-    return table
-
-
-def _finish(run_dir: Path, history: list[dict[str, float]], curriculum: Curriculum, plot: bool,
-            tracker: Tracker) -> TrainResult:
-    """End-of-run report: per-scale rewards, first vs last quarter of training and held-out eval
-    before vs after; summary.json; the PNG of reward curves."""
-    if not history:
-        return TrainResult(run_dir, 0, float("nan"), history, curriculum.history)
-    q = max(1, len(history) // 4)
-    train_table = _compare(history[:q], history[-q:], "reward")
-    tracker.show(compare_table(f"training reward, first vs last {q} steps (fixed weights)", train_table, METRICS))
-    evals = read_history(run_dir, "eval.jsonl")
-    eval_table = _compare(evals[:1], evals[-1:], "eval") if len(evals) > 1 else {}
-    if eval_table:
-        tracker.show(compare_table(f"held-out greedy eval, step {int(evals[0]['step'])} vs step "
-                                   f"{int(evals[-1]['step'])}", eval_table, METRICS))
-    if plot:
-        console.print(f"reward curves: {plot_reward_curves(run_dir)}")
-    summary = {"steps": len(history), "quarter_steps": q, "train": train_table, "eval": eval_table,
-               "stage_changes": [vars(c) for c in curriculum.history]}
-    (run_dir / "summary.json").write_text(json.dumps(summary, indent=1))
-    final = (eval_table or train_table)["all"]["fixed_total"][1]
-    return TrainResult(run_dir, int(history[-1]["step"]), final, history, curriculum.history)

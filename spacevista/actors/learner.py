@@ -18,6 +18,7 @@ import torch
 
 from spacevista import checkpointing
 from spacevista.actors.pool import actor_options, split_even
+from spacevista.actors.recovery import all_alive, wait
 from spacevista.actors.workers import init_actor_process
 from spacevista.cluster.resources import RoleGroup
 from spacevista.configs.dense import DENSE_WEIGHTS
@@ -151,19 +152,26 @@ class LearnerGroup:
 
     def __init__(self, cfg: TrainConfig, model_path: Path, group: RoleGroup, run_name: str):
         self.cfg, self.group, self.model_path = cfg, group, Path(model_path)
+        self.call_s, self.start_s = cfg.cluster.call_timeout_s, cfg.cluster.start_timeout_s
         world = group.config.count
         self.workers = [LearnerWorker.options(**actor_options(group, r, run_name)).remote(r, world, cfg, str(model_path))
                         for r in range(world)]
-        addr, port = ray.get(self.workers[0].rendezvous.remote())
-        ray.get([w.setup.remote(addr, port) for w in self.workers])
+        try:
+            addr, port = wait([self.workers[0].rendezvous.remote()], "learner", self.start_s)[0]
+            wait([w.setup.remote(addr, port) for w in self.workers], "learner", self.start_s, self.workers)
+        except BaseException:
+            self.shutdown(graceful=False)
+            raise
 
-    def _all(self, method: str, *per_rank: list[Any], shared: tuple = ()) -> list[Any]:
+    def _all(self, method: str, *per_rank: list[Any], shared: tuple = (), timeout_s: float | None = None) -> list[Any]:
+        """Call `method` on every rank; all answer within the deadline, or the group has failed (RoleFailure)."""
         refs = [getattr(w, method).remote(*[p[r] for p in per_rank], *shared) for r, w in enumerate(self.workers)]
-        return ray.get(refs)
+        return wait(refs, "learner", timeout_s or self.call_s, self.workers)
 
     def sft_step(self, samples: list, targets: list[str]) -> dict[str, float]:
         n = len(self.workers)
-        return _mean_metrics(self._all("sft_step", split_even(samples, n), split_even(targets, n)))
+        return _mean_metrics(self._all("sft_step", split_even(samples, n), split_even(targets, n),
+                                       timeout_s=self.start_s))
 
     def rl_step(self, samples: list, version: int) -> tuple[dict[str, float], dict[str, Any]]:
         results = self._all("rl_step", split_even(samples, len(self.workers)), shared=(version,))
@@ -174,7 +182,7 @@ class LearnerGroup:
 
     def export_policy(self, path: Path) -> Path | None:
         """Where rollout workers load the policy from when the base was trained (SFT), else None."""
-        written = self._all("export_policy", shared=(str(path),))[0]
+        written = self._all("export_policy", shared=(str(path),), timeout_s=self.start_s)[0]
         return Path(written) if written else None
 
     def save(self, run_dir: Path, step: int, controller: dict, keep: int, pending: dict | None = None) -> Path:
@@ -183,7 +191,7 @@ class LearnerGroup:
         import json
 
         tmp = checkpointing.staging_dir(run_dir, step)
-        self._all("save", shared=(str(tmp),))
+        self._all("save", shared=(str(tmp),), timeout_s=self.start_s)  # a trained base is saved too: size-bound
         (tmp / "controller.json").write_text(json.dumps(controller))
         if pending is not None:
             (tmp / PENDING_ROLLOUT).write_text(json.dumps(pending))
@@ -195,7 +203,7 @@ class LearnerGroup:
         """(controller state, the pending rollout's state or None) after every rank loaded its part."""
         import json
 
-        self._all("load", shared=(str(checkpoint),))
+        self._all("load", shared=(str(checkpoint),), timeout_s=self.start_s)
         pending_file = checkpoint / PENDING_ROLLOUT
         if not pending_file.exists() and (checkpoint / OLD_PENDING_ROLLOUT).exists():
             console.print(f"[yellow]warning:[/] {checkpoint / OLD_PENDING_ROLLOUT} is a pickle from an older version "
@@ -204,11 +212,13 @@ class LearnerGroup:
         pending = json.loads(pending_file.read_text()) if pending_file.exists() else None
         return json.loads((checkpoint / "controller.json").read_text()), pending
 
-    def shutdown(self) -> None:
-        try:
-            ray.get([w.shutdown.remote() for w in self.workers], timeout=30)
-        except Exception:  # noqa: BLE001 - a dead rank must not block the others' teardown
-            pass
+    def shutdown(self, graceful: bool = True) -> None:
+        """Leave the process group (when every rank answers), then kill the ranks and free their placement group."""
+        if graceful and all_alive(self.workers):
+            try:
+                ray.get([w.shutdown.remote() for w in self.workers], timeout=30)
+            except Exception:  # noqa: BLE001 - a dead rank must not block the others' teardown
+                pass
         for w in self.workers:
             ray.kill(w, no_restart=True)
         remove_placement_group(self.group.pg)

@@ -9,9 +9,10 @@ import numpy as np
 import ray
 from ray.util.placement_group import remove_placement_group
 
+from spacevista.actors.recovery import wait
 from spacevista.actors.workers import RewardWorker, RolloutWorker
 from spacevista.cluster.resources import RoleGroup
-from spacevista.configs.schema import RoleConfig, TrainConfig
+from spacevista.configs.schema import ClusterConfig, RoleConfig, TrainConfig
 
 
 def actor_options(group: RoleGroup, index: int, run_name: str) -> dict[str, Any]:
@@ -34,35 +35,42 @@ def split_even(items: Sequence[Any], parts: int) -> list[list[Any]]:
 
 
 class WorkerPool:
-    """Workers of one role. Calls go to all workers at once; results come back in input order."""
+    """Workers of one role. Calls go to all workers at once; results come back in input order, each
+    call within `call_timeout_s` (a dead worker past its restarts, or a frozen one, raises RoleFailure)."""
 
-    def __init__(self, role: str, actors: list, group: RoleGroup):
+    def __init__(self, role: str, actors: list, group: RoleGroup, call_timeout_s: float = 600.0,
+                 start_timeout_s: float = 1800.0):
         self.role = role
         self.actors = actors
         self.group = group
-        ray.get([a.ping.remote() for a in actors])  # fail fast (and here) if a worker cannot start
+        self.call_timeout_s = call_timeout_s
+        try:  # fail fast (and here) if a worker cannot start
+            wait([a.ping.remote() for a in actors], role, start_timeout_s)
+        except BaseException:
+            self.shutdown()
+            raise
 
     @classmethod
     def rollout(cls, cfg: TrainConfig, model_path: str, group: RoleGroup, run_name: str) -> WorkerPool:
         actors = [RolloutWorker.options(**actor_options(group, i, run_name)).remote(model_path, cfg.model, cfg.rollout)
                   for i in range(group.config.count)]
-        return cls("rollout", actors, group)
+        return cls("rollout", actors, group, cfg.cluster.call_timeout_s, cfg.cluster.start_timeout_s)
 
     @classmethod
     def reward(cls, reward_config: dict[str, Any], group: RoleGroup, run_name: str,
-               registered: dict[str, Any] | None = None) -> WorkerPool:
+               registered: dict[str, Any] | None = None, cluster: ClusterConfig | None = None) -> WorkerPool:
         actors = [RewardWorker.options(**actor_options(group, i, run_name)).remote(reward_config, registered)
                   for i in range(group.config.count)]
-        return cls("reward", actors, group)
+        cluster = cluster or ClusterConfig()
+        return cls("reward", actors, group, cluster.call_timeout_s, cluster.start_timeout_s)
 
     def _submit(self, method: str, items: Sequence[Any], *args: Any, **kwargs: Any) -> list[ray.ObjectRef]:
         chunks = split_even(items, min(len(self.actors), max(1, len(items))))
         return [getattr(a, method).remote(chunk, *args, **kwargs) for a, chunk in zip(self.actors, chunks) if chunk]
 
-    @staticmethod
-    def gather(refs: list[ray.ObjectRef]) -> list[Any]:
+    def gather(self, refs: list[ray.ObjectRef]) -> list[Any]:
         """Results of submitted calls, concatenated in input order."""
-        return [x for part in ray.get(refs) for x in part]
+        return [x for part in wait(refs, self.role, self.call_timeout_s) for x in part]
 
     def _fan_out(self, method: str, items: Sequence[Any], *args: Any, **kwargs: Any) -> list[Any]:
         return self.gather(self._submit(method, items, *args, **kwargs))

@@ -166,6 +166,12 @@ class ClusterConfig:
     temp_dir: str = ""  # local Ray only: its session directory ("" = Ray's default)
     metrics_prefix: str = "spacevista"
     gpu_memory_gib: float = limits(80.0, gt=0.0)  # per GPU: what `spacevista plan` and the pre-start check fit into
+    # self-healing: a lost learner rank, worker (past max_restarts) or node, or a call past its deadline, rebuilds
+    # the roles and continues from the last checkpoint, at most this many times per run (0: stop at the first)
+    max_recoveries: int = limits(3, ge=0)
+    call_timeout_s: float = limits(600.0, gt=0.0)  # deadline of a blocking call in a step (generate, score, update)
+    start_timeout_s: float = limits(1800.0, gt=0.0)  # ... of starting a role, loading a model or checkpoint, an SFT
+    # step, exporting the policy, saving a checkpoint
 
 
 @dataclass
