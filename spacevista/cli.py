@@ -34,11 +34,21 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def train_args(args: list[str]) -> list[str]:
+    """`spacevista train` arguments for Hydra. Hydra makes a new timestamped output directory for every
+    run; when `run_dir=` names the run's own directory, Hydra writes there too, so a run (and every
+    `resume=auto` of it) leaves no other, empty directory behind. Multiruns keep Hydra's sweep layout."""
+    if any(a in ("-m", "--multirun") or a.startswith("hydra.run.dir=") for a in args):
+        return args
+    given = [a.split("=", 1)[1] for a in args if a.startswith("run_dir=")]
+    return [*args, f"hydra.run.dir={given[-1]}"] if given and given[-1] else args
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == "train":
         from spacevista.train import hydra_main
-        return hydra_main(argv[1:])
+        return hydra_main(train_args(argv[1:]))
     args = _parser().parse_args(argv)
     return int(args.func(args) or 0)
 

@@ -43,7 +43,9 @@ def compare_table(title: str, rows: Mapping[str, Mapping[str, list]], metrics: t
 
     def cell(pair: list) -> str:
         a, b = pair
-        return "-" if a is None and b is None else f"{'-' if a is None else f'{a:.3f}'} -> {'-' if b is None else f'{b:.3f}'}"
+        if a is None and b is None:
+            return "-"
+        return f"{'-' if a is None else f'{a:.3f}'} -> {'-' if b is None else f'{b:.3f}'}"
 
     for scale, row in rows.items():
         table.add_row(scale, *[cell(row[m]) for m in metrics])
@@ -58,6 +60,7 @@ class Tracker:
         self.run_dir = run_dir
         self.cfg = cfg
         self.history_path = run_dir / "metrics.jsonl"
+        drop_rows_after(run_dir, start_step)
         self.tb = None
         if cfg.tensorboard:
             from torch.utils.tensorboard import SummaryWriter
@@ -112,6 +115,34 @@ class Tracker:
             self.tb.close()
         if self.wandb is not None:
             self.wandb.finish()
+
+
+STEP_LOGS = ("metrics.jsonl", "eval.jsonl", "samples.jsonl")  # JSONL logs with one or more rows per step
+
+
+def drop_rows_after(run_dir: Path, step: int, names: tuple[str, ...] = STEP_LOGS) -> None:
+    """Before a run continues from checkpoint `step`, keep only the rows it logged up to that step
+    (none when it starts at step 0, whose evaluation runs again), so that no step appears twice.
+    Each log is rewritten atomically (temp file + rename)."""
+    for name in names:
+        path = run_dir / name
+        if not path.exists():
+            continue
+        lines = path.read_text().splitlines()
+        kept = [x for x in lines if x.strip() and step > 0 and _row_step(x) <= step]
+        if len(kept) == len(lines):
+            continue
+        tmp = path.with_name(f".{name}.tmp")
+        tmp.write_text("".join(x + "\n" for x in kept))
+        tmp.replace(path)
+
+
+def _row_step(line: str) -> float:
+    """The row's step (a row that does not parse, e.g. cut by a crash mid-write, counts as past any step)."""
+    try:
+        return float(json.loads(line)["step"])
+    except (ValueError, KeyError, TypeError):
+        return math.inf
 
 
 def read_history(run_dir: Path, name: str = "metrics.jsonl") -> list[dict[str, float]]:
