@@ -12,7 +12,7 @@ import pytest
 from scipy import stats
 
 from spacevista.study.presets import PRESETS, Study, Variant
-from spacevista.study.report import analyse, markdown, mean_se, paired
+from spacevista.study.report import analyse, markdown, mean_se, paired, scores
 from spacevista.study.runner import StudyOptions, plan_trials
 
 
@@ -45,6 +45,13 @@ def test_paired_difference_has_a_t_interval():
     assert got["mean"] == pytest.approx(0.1)
     assert (got["low"], got["high"]) == (pytest.approx(0.1 - half), pytest.approx(0.1 + half))
     assert got["p"] == pytest.approx(stats.ttest_rel([0.5, 0.7, 0.6], [0.4, 0.5, 0.6]).pvalue)
+
+
+def test_lenient_reading_averages_the_rows_per_category():
+    rows = [{"category": "Indoor", "lenient_score": 1.0}, {"category": "Indoor", "lenient_score": 0.0},
+            {"category": "Drone", "lenient_score": 0.5}]
+    assert scores({"overall": 0.0, "rows": rows}, "lenient") == {"Overall": 0.5, "Indoor": 0.5, "Drone": 0.5}
+    assert scores(summary(0.1, 0.2), "official") == {"Overall": 0.1, "Indoor": 0.2}
 
 
 def test_analysis_pairs_by_seed_and_skips_empty_categories():
@@ -83,8 +90,9 @@ def test_a_tiny_study_end_to_end_reports_the_runs_eval_numbers(tmp_path):
     assert (out / "report.png").stat().st_size > 0 and "Reproduce" in (out / "report.md").read_text()
     runs = sorted((out / "runs").iterdir())
     assert len(runs) == 2  # one training per seed, evaluated twice
-    for variant in ("label", "learned"):
-        values = [json.loads((run / "eval" / variant / "summary.json").read_text())["overall"] for run in runs]
+    for variant in ("label", "learned"):  # the default reading: the mean of each run's rows' lenient scores
+        values = [np.mean([json.loads(line)["lenient_score"] for line in
+                           (run / "eval" / variant / "results.jsonl").read_text().splitlines()]) for run in runs]
         cell = report["variants"][variant]["Overall"]
         assert cell["mean"] == pytest.approx(np.mean(values))
         assert cell["se"] == pytest.approx(np.std(values, ddof=1) / math.sqrt(2))

@@ -28,6 +28,10 @@ def add_subparser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentPa
     parser.add_argument("--trial-cpus", type=float, default=1.0, help="CPUs each trial's task claims on a cluster")
     parser.add_argument("--eval-arg", action="append", default=[], metavar="ARG",
                         help="extra `eval run` argument, e.g. --eval-arg=--max-tokens=64 (repeatable)")
+    parser.add_argument("--reading", choices=("lenient", "official"), default="lenient",
+                        help="lenient: our parsers (units, MRA; default); official: the SpaceVista-Bench scorer's "
+                             "reading, which scores a synthetic answer with a unit as exact text")
+    parser.add_argument("--report-only", action="store_true", help="write the report from finished trials only")
     parser.add_argument("overrides", nargs="*", help="Hydra overrides for every run, e.g. rollout.n=8")
     parser.set_defaults(func=run_study)
     return parser
@@ -55,16 +59,26 @@ def run_study(args: argparse.Namespace) -> int:
         return 2
     console.print(f"study {study.name}: {len(study.variants)} variants x {len(options.seeds)} seeds = "
                   f"{len(trials)} training runs in {runs}")
-    done = run_trials(trials, options, progress=console.print)
-    analysis = analyse(study, variant_summaries(study, done))
+    done = trials if args.report_only else run_trials(trials, options, progress=console.print)
+    analysis = analyse(study, variant_summaries(study, done), args.reading)
     command = shlex.join(["spacevista", "study", "--preset", study.name, "--seeds", *map(str, options.seeds),
                           "--out", str(out), "--runs", str(runs),
                           *([f"--budget={args.budget}"] if args.budget else []),
                           *([f"--sft-steps={args.sft_steps}"] if args.sft_steps is not None else []),
-                          *(f"--eval-arg={a}" for a in args.eval_arg), *args.overrides])
+                          f"--reading={args.reading}", *(f"--eval-arg={a}" for a in args.eval_arg), *args.overrides])
     commands = ["# the whole study", command, "# each run, as the study ran it",
-                *(c for t in sorted(done, key=lambda t: (t.key, t.seed)) for c in t.commands)]
+                *(c for t in sorted(done, key=lambda t: (t.key, t.seed)) for c in _commands(t))]
     path = write_report(out, analysis, commands, options.seeds)
     console.print(path.read_text())
     console.print(f"report: {path} (+ report.json, report.png)")
     return 0
+
+
+def _commands(trial) -> list[str]:
+    """The trial's commands as it recorded them (trial.json), also for --report-only."""
+    import json
+
+    if trial.commands:
+        return trial.commands
+    recorded = Path(trial.run_dir) / "trial.json"
+    return json.loads(recorded.read_text())["commands"] if recorded.is_file() else []

@@ -1,8 +1,9 @@
 """A study's report: per variant and scale, mean +- standard error over seeds; paired differences
 against the baseline with a 95% t interval; a PNG; a markdown file with the commands that reproduce it.
 
-Scores are the eval summaries' (`eval run`, official reading): `overall` and each bench category's
-`overall`, as fractions; the report prints them in percent like the eval tables.
+Scores come from each `eval run` output: the official reading's summary, or the mean of the result rows'
+lenient scores (the default: the official scorer reads a synthetic answer with a unit as text); the report
+prints them in percent like the eval tables.
 """
 
 from __future__ import annotations
@@ -22,13 +23,28 @@ OVERALL = "Overall"
 CATEGORIES = tuple(spec.bench_category for spec in SCALE_SPECS)
 
 
-def scores(summary: Mapping[str, Any]) -> dict[str, float]:
-    """{"Overall" or a bench category: score} from one eval summary (categories it has no rows for are left out)."""
-    out = {OVERALL: summary["overall"]}
-    for category, row in (summary.get("per_category") or {}).items():
-        if row.get("overall") is not None:
-            out[category] = row["overall"]
-    return {k: float(v) for k, v in out.items() if v is not None}
+READINGS = ("lenient", "official")
+
+
+def scores(summary: Mapping[str, Any], reading: str = "official") -> dict[str, float]:
+    """{"Overall" or a bench category: score} from one eval output (categories without rows are left out).
+
+    official: the summary's numbers (the SpaceVista-Bench scorer's reading, which classifies a ground truth
+    with a unit, e.g. "48.2 cm", as text and scores it by exact match); lenient: the mean of each result
+    row's `lenient_score` (our parsers: units converted, MRA on numbers), from `summary["rows"]`."""
+    if reading == "official":
+        out = {OVERALL: summary["overall"]}
+        for category, row in (summary.get("per_category") or {}).items():
+            if row.get("overall") is not None:
+                out[category] = row["overall"]
+        return {k: float(v) for k, v in out.items() if v is not None}
+    rows = summary["rows"]
+    out = {OVERALL: float(np.mean([r["lenient_score"] for r in rows]))}
+    for category in CATEGORIES:
+        values = [r["lenient_score"] for r in rows if r.get("category") == category]
+        if values:
+            out[category] = float(np.mean(values))
+    return out
 
 
 def mean_se(values: Sequence[float]) -> tuple[float, float]:
@@ -52,10 +68,11 @@ def paired(values: Sequence[float], baseline: Sequence[float]) -> dict[str, floa
     return {"n": n, "mean": mean, "se": se, "low": mean - half, "high": mean + half, "p": p}
 
 
-def analyse(study: Study, summaries: Mapping[str, Mapping[int, Mapping[str, Any]]]) -> dict[str, Any]:
+def analyse(study: Study, summaries: Mapping[str, Mapping[int, Mapping[str, Any]]],
+            reading: str = "official") -> dict[str, Any]:
     """{variants: {name: {metric: {mean, se, n, values}}}, differences: {name: {metric: paired(...)}}}; the
     differences use the seeds both the variant and the baseline have."""
-    per_seed = {name: {seed: scores(s) for seed, s in runs.items()} for name, runs in summaries.items()}
+    per_seed = {name: {seed: scores(s, reading) for seed, s in runs.items()} for name, runs in summaries.items()}
     present = {metric for runs in per_seed.values() for row in runs.values() for metric in row}
     metrics = [OVERALL, *(c for c in CATEGORIES if c in present)]
     variants: dict[str, dict[str, Any]] = {}
@@ -78,7 +95,8 @@ def analyse(study: Study, summaries: Mapping[str, Mapping[int, Mapping[str, Any]
             if seeds:
                 differences[name][metric] = {**paired([runs[s][metric] for s in seeds],
                                                       [base[s][metric] for s in seeds]), "seeds": seeds}
-    return {"study": study.name, "question": study.question, "baseline": study.baseline, "metrics": metrics,
+    return {"study": study.name, "question": study.question, "baseline": study.baseline, "reading": reading,
+            "metrics": metrics,
             "variants": variants, "differences": differences}
 
 
@@ -89,7 +107,8 @@ def _pct(x: float) -> str:
 def markdown(analysis: Mapping[str, Any], commands: Sequence[str], seeds: Sequence[int]) -> str:
     metrics = analysis["metrics"]
     lines = [f"# Study `{analysis['study']}`", "", analysis["question"], "",
-             f"Seeds {list(seeds)}; scores in percent on the full held-out split (`eval run`, official reading); "
+             f"Seeds {list(seeds)}; scores in percent on the full held-out split (`eval run`, "
+             f"{analysis.get('reading', 'official')} reading); "
              "mean +- standard error over seeds.", "",
              "| variant | n | " + " | ".join(metrics) + " |", "| :-- | --: |" + " --: |" * len(metrics)]
     for name, row in analysis["variants"].items():

@@ -166,11 +166,13 @@ def run_trials(trials: list[Trial], options: StudyOptions, progress: Any = print
 
 
 def variant_summaries(study: Study, trials: list[Trial]) -> dict[str, dict[int, dict[str, Any]]]:
-    """{variant: {seed: its eval summary.json}} for every finished evaluation."""
+    """{variant: {seed: its eval summary.json + its result rows under "rows"}} for every finished evaluation."""
     out: dict[str, dict[int, dict[str, Any]]] = {v.name: {} for v in study.variants}
     for trial in trials:
         for variant in trial.evals:
             path = trial.eval_dir(variant) / "summary.json"
             if path.is_file():
-                out[variant][trial.seed] = json.loads(path.read_text())
+                rows = (trial.eval_dir(variant) / "results.jsonl").read_text().splitlines()
+                out[variant][trial.seed] = {**json.loads(path.read_text()),
+                                            "rows": [json.loads(line) for line in rows if line.strip()]}
     return out
