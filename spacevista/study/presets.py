@@ -3,7 +3,8 @@
 A variant is plain data: the Hydra overrides its training run takes and the way its final policy is
 evaluated (`learned` or `label` routing of the final checkpoint, or `sft`: the run's SFT-trained base
 with no expert, i.e. the policy RL starts from). Variants with the same overrides share one training
-run per seed (the `rl` and `router` studies evaluate one run two ways), so a pair compares like with like.
+run per seed (the `rl` and `router` studies evaluate one run two ways), so a pair compares like with like;
+a variant that is the default config has no overrides, so studies sharing `--runs` share its runs.
 """
 
 from __future__ import annotations
@@ -57,7 +58,7 @@ PRESETS: dict[str, Study] = {s.name: s for s in (
           (Variant("shared", _equal_rank_shared()), Variant("paper4", LAYOUTS["paper4"]),
            Variant("per_scale", LAYOUTS["per_scale"])), baseline="shared"),
     Study("curriculum", "does the progressive curriculum beat mixing every scale from the first step?",
-          (Variant("mixed", ("curriculum=mixed",)), Variant("progressive", ("curriculum=progressive",))),
+          (Variant("mixed", ("curriculum=mixed",)), Variant("progressive")),  # progressive: the default
           baseline="mixed"),
     Study("reward", "stepwise reward vs the answer alone vs the paper's ordered format/answer/scale/semantic stages",
           (Variant("outcome", _outcome_only(3)), Variant("stepwise"),
