@@ -30,7 +30,7 @@ def _check(overrides: list[str]) -> None:
     ("learner.optim.schedule=linear", "learner.optim.schedule"),
     ("learner.optim.lr=0", "learner.optim.lr"),
     ("learner.objective.loss_agg_mode=mean", "learner.objective.loss_agg_mode"),
-    ("learner.router.mode=oracle", "learner.router.mode"),
+    ("learner.router.hidden=0", "learner.router.hidden"),
     ("data.invalid=ignore", "data.invalid"),
     ("steps=0", "steps"),
     ("cluster.learner.strategy=ANY", "cluster.learner.strategy"),

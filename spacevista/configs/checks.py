@@ -150,8 +150,6 @@ def rule_problems(cfg: TrainConfig, plugin_names: Iterable[str] = ()) -> list[st
     high = objective.clip_ratio if objective.clip_ratio_high is None else objective.clip_ratio_high
     if not 0 < low <= high:
         problems.append(f"learner.objective.clip_ratio_low={low}, clip_ratio_high={high}: need 0 < low <= high")
-    if cfg.learner.router.mode == "learned" and not cfg.learner.router.learn:
-        problems.append("learner.router.mode=learned needs learner.router.learn=true (a classifier to route with)")
     optim = cfg.learner.optim
     if optim.schedule == "cosine" and optim.warmup_steps >= cfg.steps:
         problems.append(f"learner.optim.warmup_steps={optim.warmup_steps} must be < steps={cfg.steps} "

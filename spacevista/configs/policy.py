@@ -97,7 +97,6 @@ class OptimConfig:
 
 @dataclass
 class RouterConfig:
-    mode: str = limits("label", choices=("label", "learned"))  # how experts are picked per prompt
     learn: bool = True  # train the classifier from scale labels in every learner step
     hidden: int = limits(128, ge=1)
     lr: float = limits(1e-3, gt=0.0)

@@ -170,7 +170,7 @@ def _router(checkpoint: Path, experts: list[str]) -> ScaleRouter | None:
     if classes != len(experts):
         raise EvalError(f"{checkpoint}: the router has {classes} classes for {len(experts)} experts {experts}")
     router = ScaleRouter(experts, state["classifier.0.weight"].shape[0],
-                         RouterConfig(mode="learned", hidden=state["classifier.1.weight"].shape[0]))
+                         RouterConfig(hidden=state["classifier.1.weight"].shape[0]))
     try:
         router.load_state_dict(state)
     except RuntimeError as err:

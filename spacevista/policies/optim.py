@@ -15,20 +15,9 @@ import torch
 from torch import nn
 from transformers import get_constant_schedule_with_warmup, get_cosine_schedule_with_warmup
 
+from spacevista.configs.policy import OptimConfig
 
-@dataclass
-class OptimConfig:
-    lr: float = 1e-4
-    weight_decay: float = 0.01
-    betas: tuple[float, float] = (0.9, 0.999)
-    grad_clip: float = 1.0  # max global grad norm of the policy parameters; <= 0 disables
-    warmup_steps: int = 0
-    total_steps: int = 1000  # horizon of the cosine schedule
-    schedule: str = "constant"  # "constant" | "cosine" (both after linear warm-up)
-
-    def __post_init__(self) -> None:
-        if self.schedule not in ("constant", "cosine"):
-            raise ValueError(f"optim.schedule must be 'constant' or 'cosine', got {self.schedule!r}")
+__all__ = ["OptimConfig", "ParamGroup", "build_optimizer", "build_scheduler", "step_present"]
 
 
 @dataclass

@@ -15,29 +15,14 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
 
 import torch
 from torch import nn
 from verl import DataProto
 
+from spacevista.configs.policy import RouterConfig
 from spacevista.policies.logprobs import model_inputs
 from spacevista.scales import canonical_scale
-
-
-@dataclass
-class RouterConfig:
-    mode: str = "label"  # "label" | "learned": how `route` picks experts
-    learn: bool = True  # train the classifier from scale labels in every learner step
-    hidden: int = 128
-    lr: float = 1e-3
-    weight_decay: float = 0.0
-
-    def __post_init__(self) -> None:
-        if self.mode not in ("label", "learned"):
-            raise ValueError(f"router.mode must be 'label' or 'learned', got {self.mode!r}")
-        if self.mode == "learned" and not self.learn:
-            raise ValueError("router.mode='learned' needs router.learn=True (a classifier to route with)")
 
 
 def _language_model(model: nn.Module) -> nn.Module:
@@ -139,25 +124,6 @@ class ScaleRouter(nn.Module):
             raise RuntimeError("router has no classifier (router.learn=False)")
         with torch.no_grad():
             return [self.experts[i] for i in self.classifier(features.float()).argmax(-1).tolist()]
-
-    def route(self, scale_labels: Sequence[str | None] | None = None, features: torch.Tensor | None = None,
-              record_ids: Sequence[str] | None = None) -> list[str]:
-        """Expert per prompt: by label (mode 'label', classifier as fallback) or by the classifier."""
-        if self.cfg.mode == "learned":
-            if features is None:
-                raise ValueError("learned routing needs prompt features")
-            return self.predict(features)
-        if scale_labels is None:
-            raise ValueError("label routing needs scale labels")
-        idx = self.label_index(scale_labels)
-        missing = (idx < 0).nonzero().flatten().tolist()
-        if missing and not (self.has_classifier and features is not None):
-            ids = record_ids or ["?"] * len(scale_labels)
-            bad = ", ".join(f"record {ids[i]} (scale {scale_labels[i]!r})" for i in missing[:5])
-            raise KeyError(f"cannot route {bad}: no expert for that scale among {self.experts} "
-                           f"and no trained learned router to fall back on")
-        predicted = self.predict(features) if missing else []
-        return [predicted[i] if i in missing else self.experts[int(j)] for i, j in enumerate(idx)]
 
     def loss(self, features: torch.Tensor, scale_labels: Sequence[str | None], normalizer: float | None = None
              ) -> tuple[torch.Tensor, int]:
