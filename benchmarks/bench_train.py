@@ -82,7 +82,8 @@ def worker_ours(args: argparse.Namespace) -> dict:
     def col(key: str) -> list[float]:
         return [float(r.get(key, float("nan"))) for r in rows]
 
-    return {"kind": "ours", "learners": args.learners, "async": cfg.async_rollout, "run_dir": str(run_dir), "wall_s": wall,
+    return {"kind": "ours", "learners": args.learners, "async": cfg.async_rollout, "run_dir": str(run_dir),
+            "wall_s": wall,
             "completions": cfg.rollout.prompts_per_step * cfg.rollout.n,
             "step_s": col("time/step_s"), "generate_s": col("time/generate_s"), "reward_s": col("time/reward_s"),
             "learn_s": col("time/learn_s"), "learner_compute_s": col("learner/step_time_s"),

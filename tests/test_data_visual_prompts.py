@@ -95,7 +95,8 @@ def test_bench_dual_bbox_source_is_red_and_targets_go_blue_green_yellow_red():
 NESTED = {
     "input_type": "Image+point+bbox+mask+text",
     "input_point": {"image_path": FRAMES[4], "points": [[14, 20], [30, 40]]},
-    "input_bbox": {"image_path": FRAMES[5], "bboxes": [{"x1": 1, "y1": 2, "x2": 3, "y2": 4}, {"x": 0, "y": 0, "w": 8, "h": 9}]},
+    "input_bbox": {"image_path": FRAMES[5],
+                   "bboxes": [{"x1": 1, "y1": 2, "x2": 3, "y2": 4}, {"x": 0, "y": 0, "w": 8, "h": 9}]},
     "input_mask": {"image_path": FRAMES[6], "mask_path": "masks/m.npy", "object_ids": [7, 2, 9, 4, 5]},
 }
 NESTED_PROMPTS = [

@@ -81,8 +81,8 @@ class VisualPrompt:
             raise VisualPromptError(f"visual prompt {data!r}: needs kind, frame and color")
         ids = data.get("object_ids")
         return cls(kind=data["kind"], frame=data["frame"], color=data["color"],
-                   coords=tuple(_number(c, "coords") for c in data.get("coords") or ()), mask_path=data.get("mask_path"),
-                   object_ids=None if ids is None else tuple(ids))
+                   coords=tuple(_number(c, "coords") for c in data.get("coords") or ()),
+                   mask_path=data.get("mask_path"), object_ids=None if ids is None else tuple(ids))
 
 
 def parse_visual_prompts(item: dict[str, Any], frame_paths: list[str]) -> list[VisualPrompt]:

@@ -140,7 +140,8 @@ def _report(readings: Readings, name: str, out: Path, **extra: object) -> int:
         console.print(f"{len(readings.differences)} row(s) scored differently by the official and lenient readings: "
                       f"{out / DIFFERENCES}")
     if notes:
-        console.print(f"{len(notes)} place(s) where the official scorer would crash (see official_notes in summary.json)")
+        console.print(f"{len(notes)} place(s) where the official scorer would crash "
+                      f"(see official_notes in summary.json)")
     return 0
 
 

@@ -26,7 +26,8 @@ def to_chat_messages(prompt: Sequence[Mapping[str, Any]], n_images: int, n_video
     for i, msg in enumerate(prompt):
         role, content = msg.get("role"), msg.get("content")
         if role not in ("system", "user", "assistant") or not isinstance(content, str):
-            raise PromptError(f"record {record_id}: prompt[{i}] needs a role and string content, got {dict(msg)!r:.120}")
+            raise PromptError(f"record {record_id}: prompt[{i}] needs a role and string content, "
+                              f"got {dict(msg)!r:.120}")
         parts: list[dict[str, Any]] = []
         pos = 0
         for m in PLACEHOLDER.finditer(content):
