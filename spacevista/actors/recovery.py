@@ -26,6 +26,7 @@ from typing import Any
 import ray
 from ray.exceptions import (ActorUnschedulableError, GetTimeoutError, NodeDiedError, ObjectLostError, RayActorError,
                             RayTaskError, WorkerCrashedError)
+from rich.markup import escape
 
 from spacevista import checkpointing
 from spacevista.tracking import console
@@ -42,9 +43,15 @@ class RoleFailure(RuntimeError):
 
     def __init__(self, role: str, cause: BaseException):
         self.role, self.cause = role, cause
-        kind = "no answer within the deadline" if isinstance(cause, GetTimeoutError) else type(cause).__name__
-        first = str(cause).strip().splitlines()[0] if str(cause).strip() else ""
-        super().__init__(f"{role}: {kind}{': ' + first if first else ''}")
+        if isinstance(cause, GetTimeoutError):
+            kind, inner = "no answer within the deadline", cause
+        elif isinstance(cause, RayTaskError):  # e.g. OwnerDiedError: an object's owner (a lost worker) died
+            inner = getattr(cause, "cause", None) or cause  # Ray's error is also an instance of its cause's class
+            kind = f"{type(inner).__name__} in a {role} task"
+        else:
+            kind, inner = type(cause).__name__, cause
+        lines = [x.strip() for x in str(inner).splitlines() if x.strip()]
+        super().__init__(f"{role}: {kind}{': ' + lines[0] if lines else ''}")
 
 
 def wait(refs: list[ray.ObjectRef], role: str, timeout_s: float, actors: Sequence[Any] = ()) -> list[Any]:
@@ -107,8 +114,8 @@ class Recovery:
                                       f"the newest checkpoint is {self.checkpoint}: {fault}") from fault
         where = (f"checkpoint step {step} ({self.checkpoint})" if self.checkpoint is not None
                  else "step 0: no checkpoint yet, so the run starts over (SFT warm-up included)")
-        console.print(f"[yellow]fault:[/] {fault}\n[yellow]recovery {self.count}/{self.limit}:[/] rebuilding the "
-                      f"roles, continuing from {where}")
+        console.print(f"[yellow]fault:[/] {escape(str(fault))}\n[yellow]recovery {self.count}/{self.limit}:[/] "
+                      f"rebuilding the roles, continuing from {escape(where)}")
         if self._counter is not None:
             self._counter.inc(1, tags={"role": role})
 
