@@ -64,4 +64,5 @@ def test_convert_train_eval_run_and_score_on_the_documented_shapes(local_ray, co
         "TinyTabletop", "Tabletop", "Indoor", "Outdoor"}
     assert set(official["per_type"]) == set(OFFICIAL_NAMES)
     summary = json.loads((out / "summary.json").read_text())
+    assert summary["run"]["reading"] == "official"  # bench entries: the official scorer's reading by default
     assert summary["overall"] == pytest.approx(official["overall"])

@@ -42,6 +42,9 @@ def add_subparser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentPa
     run.add_argument("--batch-size", type=int, default=16, help="prompts per generate call (default 16)")
     run.add_argument("--workers", type=int, default=1, help="> 1: that many Ray rollout workers")
     run.add_argument("--dtype", default="auto", help="torch dtype (default: bfloat16 on GPU, float32 on CPU)")
+    run.add_argument("--reading", choices=("auto", *READINGS), default="auto",
+                     help="auto (default): the official scorer's reading for SpaceVista-Bench entries, ours "
+                          "(lenient: units converted, MRA on numbers) for any other data")
     run.add_argument("--max-model-len", type=int,
                      help="vLLM context length (default: the model's limit, at most 8192)")
     run.set_defaults(func=run_eval)
@@ -98,7 +101,12 @@ def run_eval(args: argparse.Namespace) -> int:
                 "workers": options.workers, "data": str(args.data), "records": len(records),
                 "max_tokens": options.max_tokens, "temperature": options.temperature, **stats}
     scored = [score_sample(s) for s in samples]
-    readings = read_results(list(enumerate((result_row(s) for s in scored), start=1)), lenient=scored)
+    reading = args.reading
+    if reading == "auto":  # the official reading reads a ground truth with a unit ("12 cm") as exact text
+        reading = "official" if all(r.meta.get("source_shape") == "bench" for r in records) else "lenient"
+    run_info["reading"] = reading
+    readings = read_results(list(enumerate((result_row(s) for s in scored), start=1)), reading=reading,
+                            lenient=scored)
     return _report(readings, policy.name, out, run=run_info)
 
 
