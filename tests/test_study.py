@@ -51,7 +51,7 @@ def test_lenient_reading_averages_the_rows_per_category():
     rows = [{"category": "Indoor", "lenient_score": 1.0}, {"category": "Indoor", "lenient_score": 0.0},
             {"category": "Drone", "lenient_score": 0.5}]
     assert scores({"overall": 0.0, "rows": rows}, "lenient") == {"Overall": 0.5, "Indoor": 0.5, "Drone": 0.5}
-    assert scores(summary(0.1, 0.2), "official") == {"Overall": 0.1, "Indoor": 0.2}
+    assert scores(summary(0.1, 0.2), "summary") == {"Overall": 0.1, "Indoor": 0.2}
 
 
 def test_analysis_pairs_by_seed_and_skips_empty_categories():

@@ -28,9 +28,9 @@ def add_subparser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentPa
     parser.add_argument("--trial-cpus", type=float, default=1.0, help="CPUs each trial's task claims on a cluster")
     parser.add_argument("--eval-arg", action="append", default=[], metavar="ARG",
                         help="extra `eval run` argument, e.g. --eval-arg=--max-tokens=64 (repeatable)")
-    parser.add_argument("--reading", choices=("lenient", "official"), default="lenient",
-                        help="lenient: our parsers (units, MRA; default); official: the SpaceVista-Bench scorer's "
-                             "reading, which scores a synthetic answer with a unit as exact text")
+    parser.add_argument("--reading", choices=("lenient", "summary"), default="lenient",
+                        help="lenient: each result row's lenient score (our parsers: units, MRA; default); summary: "
+                             "the eval summary's numbers (the official scorer's reading for SpaceVista-Bench entries)")
     parser.add_argument("--report-only", action="store_true", help="write the report from finished trials only")
     parser.add_argument("overrides", nargs="*", help="Hydra overrides for every run, e.g. rollout.n=8")
     parser.set_defaults(func=run_study)

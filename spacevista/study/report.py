@@ -1,9 +1,8 @@
 """A study's report: per variant and scale, mean +- standard error over seeds; paired differences
 against the baseline with a 95% t interval; a PNG; a markdown file with the commands that reproduce it.
 
-Scores come from each `eval run` output: the official reading's summary, or the mean of the result rows'
-lenient scores (the default: the official scorer reads a synthetic answer with a unit as text); the report
-prints them in percent like the eval tables.
+Scores come from each `eval run` output: its summary, or the mean of the result rows' lenient scores (the
+study's default: one reading for every dataset); the report prints them in percent like the eval tables.
 """
 
 from __future__ import annotations
@@ -23,16 +22,16 @@ OVERALL = "Overall"
 CATEGORIES = tuple(spec.bench_category for spec in SCALE_SPECS)
 
 
-READINGS = ("lenient", "official")
+READINGS = ("lenient", "summary")
 
 
-def scores(summary: Mapping[str, Any], reading: str = "official") -> dict[str, float]:
+def scores(summary: Mapping[str, Any], reading: str = "summary") -> dict[str, float]:
     """{"Overall" or a bench category: score} from one eval output (categories without rows are left out).
 
-    official: the summary's numbers (the SpaceVista-Bench scorer's reading, which classifies a ground truth
-    with a unit, e.g. "48.2 cm", as text and scores it by exact match); lenient: the mean of each result
-    row's `lenient_score` (our parsers: units converted, MRA on numbers), from `summary["rows"]`."""
-    if reading == "official":
+    summary: the eval summary's own numbers (`eval run`'s reading: the SpaceVista-Bench scorer's for bench
+    entries, which scores a ground truth with a unit such as "48.2 cm" as exact text); lenient: the mean of
+    each result row's `lenient_score` (our parsers: units converted, MRA on numbers), from `summary["rows"]`."""
+    if reading == "summary":
         out = {OVERALL: summary["overall"]}
         for category, row in (summary.get("per_category") or {}).items():
             if row.get("overall") is not None:
@@ -69,7 +68,7 @@ def paired(values: Sequence[float], baseline: Sequence[float]) -> dict[str, floa
 
 
 def analyse(study: Study, summaries: Mapping[str, Mapping[int, Mapping[str, Any]]],
-            reading: str = "official") -> dict[str, Any]:
+            reading: str = "summary") -> dict[str, Any]:
     """{variants: {name: {metric: {mean, se, n, values}}}, differences: {name: {metric: paired(...)}}}; the
     differences use the seeds both the variant and the baseline have."""
     per_seed = {name: {seed: scores(s, reading) for seed, s in runs.items()} for name, runs in summaries.items()}
@@ -108,7 +107,7 @@ def markdown(analysis: Mapping[str, Any], commands: Sequence[str], seeds: Sequen
     metrics = analysis["metrics"]
     lines = [f"# Study `{analysis['study']}`", "", analysis["question"], "",
              f"Seeds {list(seeds)}; scores in percent on the full held-out split (`eval run`, "
-             f"{analysis.get('reading', 'official')} reading); "
+             f"{analysis.get('reading', 'summary')} reading); "
              "mean +- standard error over seeds.", "",
              "| variant | n | " + " | ".join(metrics) + " |", "| :-- | --: |" + " --: |" * len(metrics)]
     for name, row in analysis["variants"].items():
