@@ -230,7 +230,8 @@ def _train(cfg: TrainConfig, run_dir: Path, prep: PreparedRun, config_dict: dict
                                      **{f"plugin/{k}": v for k, v in plugin_failures.items()}})
                 metrics.record_queue("rollout", len(pending.items) if pending else 0)
             if change is not None:
-                tracker.message(f"step {step}: curriculum {change.from_stage!r} -> {change.to_stage!r} ({change.reason})")
+                tracker.message(f"step {step}: curriculum {change.from_stage!r} -> {change.to_stage!r} "
+                                f"({change.reason})")
                 tracker.show(reward_table(f"stage {change.from_stage!r} finished at step {step}", per_scale))
             if evaluate.records and (step % cfg.eval_every == 0 or step == cfg.steps):
                 tracker.log_eval(step, evaluate(step, expert_refs))

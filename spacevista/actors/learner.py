@@ -154,8 +154,8 @@ class LearnerGroup:
         self.cfg, self.group, self.model_path = cfg, group, Path(model_path)
         self.call_s, self.start_s = cfg.cluster.call_timeout_s, cfg.cluster.start_timeout_s
         world = group.config.count
-        self.workers = [LearnerWorker.options(**actor_options(group, r, run_name)).remote(r, world, cfg, str(model_path))
-                        for r in range(world)]
+        self.workers = [LearnerWorker.options(**actor_options(group, r, run_name))
+                        .remote(r, world, cfg, str(model_path)) for r in range(world)]
         try:
             addr, port = wait([self.workers[0].rendezvous.remote()], "learner", self.start_s)[0]
             wait([w.setup.remote(addr, port) for w in self.workers], "learner", self.start_s, self.workers)
