@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Mapping
+import sys
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +16,8 @@ from tqdm.auto import tqdm
 from spacevista.configs.schema import LogConfig
 from spacevista.scales import SCALES
 
-console = Console(stderr=True)
+# a log file (not a terminal) would get rich's 80-column default and cut the per-scale tables
+console = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
 
 
 def reward_table(title: str, per_scale: Mapping[str, Mapping[str, float]]) -> Table:
@@ -157,8 +159,10 @@ def read_history(run_dir: Path, name: str = "metrics.jsonl") -> list[dict[str, f
     return [rows[k] for k in sorted(rows)]
 
 
-def plot_reward_curves(run_dir: Path, out: Path | None = None) -> Path | None:
-    """PNG of the total reward per scale (and overall) against step; None if there is no history."""
+def plot_reward_curves(run_dir: Path, out: Path | None = None, smoothing: float = 0.8) -> Path | None:
+    """PNG of the fixed-weight reward per scale (and overall) against step, smoothed (exponential moving
+    average; the raw overall curve faint behind it), curriculum stage changes marked, and the held-out
+    greedy eval (eval.jsonl) as points; None if there is no history."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -167,14 +171,25 @@ def plot_reward_curves(run_dir: Path, out: Path | None = None) -> Path | None:
     if not rows:
         return None
     out = out or run_dir / "reward_curves.png"
-    fig, ax = plt.subplots(figsize=(7, 4), dpi=110)
+    fig, ax = plt.subplots(figsize=(8, 4.5), dpi=110)
     for key, label in [("reward/fixed_total", "all scales")] + [(f"reward/{s}/fixed_total", s) for s in SCALES]:
         pts = [(r["step"], r[key]) for r in rows if key in r]
         if pts:
             xs, ys = zip(*pts)
-            ax.plot(xs, ys, label=label, linewidth=2.2 if label == "all scales" else 1.2)
+            overall = label == "all scales"
+            line, = ax.plot(xs, _ema(ys, smoothing), label=label, linewidth=2.2 if overall else 1.2)
+            if overall:
+                ax.plot(xs, ys, color=line.get_color(), alpha=0.25, linewidth=1)
+    stages = [(r["step"], r["curriculum/stage"]) for r in rows if "curriculum/stage" in r]
+    for (_, before), (step, stage) in zip(stages, stages[1:]):
+        if stage != before:
+            ax.axvline(step, color="grey", linestyle=":", linewidth=1)
+            ax.text(step, 0.02, f" stage {int(stage)}", fontsize=7, color="grey", rotation=90, va="bottom")
+    evals = [(r["step"], r["eval/fixed_total"]) for r in read_history(run_dir, "eval.jsonl") if "eval/fixed_total" in r]
+    if evals:
+        ax.plot(*zip(*evals), "ko--", markersize=4, linewidth=1, label="held-out eval (greedy)")
     ax.set_xlabel("step")
-    ax.set_ylabel("stepwise reward (fixed weights)")
+    ax.set_ylabel(f"stepwise reward (fixed weights; EMA {smoothing:g})")
     ax.set_ylim(0, 1)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, ncol=2)
@@ -182,4 +197,13 @@ def plot_reward_curves(run_dir: Path, out: Path | None = None) -> Path | None:
     fig.tight_layout()
     fig.savefig(out)
     plt.close(fig)
+    return out
+
+
+def _ema(values: Sequence[float], alpha: float) -> list[float]:
+    """Exponential moving average (TensorBoard's smoothing), debiased so the first points are not pulled to 0."""
+    out, acc = [], 0.0
+    for i, value in enumerate(values, start=1):
+        acc = alpha * acc + (1 - alpha) * value
+        out.append(acc / (1 - alpha ** i) if alpha < 1 else value)
     return out

@@ -25,3 +25,16 @@ def test_accuracy_is_the_mean_over_samples_of_their_answer_component():
                             _breakdown("indoor", "numeric", 0.9)], RewardWeightsConfig())
     assert rows["indoor"]["accuracy"] == pytest.approx(0.3)  # not the mean of per-type means (0.45)
     assert rows["all"]["accuracy"] == pytest.approx(0.3)
+
+
+def test_plugins_get_the_records_extra_info_in_training():
+    from spacevista.actors.controller import score_items
+    from spacevista.data.schema import Answer, Record
+    from spacevista.rollout.engine import Completion
+
+    record = Record(id="r1", scale="indoor", task="object_size", answer=Answer("numeric", "2", "m"),
+                    prompt=[{"role": "user", "content": "how long?"}], meta={"source_task": "WIDTH"})
+    completions = [Completion("q", k, "indoor", None, [1], f"text {k}", [0.0], "stop", 0) for k in range(2)]
+    items = score_items([record], completions, 2)
+    assert [i[3] for i in items] == [record.to_row()["extra_info"]] * 2  # what verl passes from the parquet row
+    assert items[1][:3] == (record.ground_truth_dict(), "text 1", record.data_source)

@@ -60,7 +60,10 @@ def rollout_items(records: list[Record], step: int, experts: Mapping[str, str] |
 
 
 def score_items(records: list[Record], completions: list[Completion], n: int) -> list[tuple]:
-    return [(records[i // n].ground_truth_dict(), c.text, records[i // n].data_source, None)
+    """(ground truth, completion, data_source, extra_info) per sample: extra_info as the parquet column
+    holds it, so a plugin sees in training what verl would give it."""
+    infos = [r.extra_info() for r in records]
+    return [(records[i // n].ground_truth_dict(), c.text, records[i // n].data_source, infos[i // n])
             for i, c in enumerate(completions)]
 
 

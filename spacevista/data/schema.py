@@ -156,10 +156,13 @@ class Record:
             "videos": [[_frame_row(f) for f in video] for video in self.videos],
             "answer": {"type": a.type, "value": a.value, "unit": a.unit, "choices": list(a.choices)},
             "reward_model": {"style": REWARD_STYLE, "ground_truth": self.ground_truth_json()},
-            "extra_info": {"index": self.index, "split": self.split, "scale": self.scale, "task": self.task,
-                           "source_id": self.source_id,
-                           "meta": json.dumps(self.meta, sort_keys=True, separators=(",", ":"))},
+            "extra_info": self.extra_info(),
         }
+
+    def extra_info(self) -> dict[str, Any]:
+        """The `extra_info` column: what a verl `compute_score` (and our reward plugins) receive."""
+        return {"index": self.index, "split": self.split, "scale": self.scale, "task": self.task,
+                "source_id": self.source_id, "meta": json.dumps(self.meta, sort_keys=True, separators=(",", ":"))}
 
     @classmethod
     def from_row(cls, row: dict[str, Any]) -> Record:
