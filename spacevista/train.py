@@ -21,8 +21,22 @@ from spacevista.configs.loader import check_overrides, register_schema, to_train
 EXIT_INVALID = 2
 
 
+HYDRA_FILES = {".hydra", "train.log"}  # what Hydra writes into a run's output directory before our code runs
+
+
 def _fail(err: Exception) -> None:
+    """Exit 2 with the message; a run directory holding nothing but Hydra's own files goes too, so a
+    start that failed its checks leaves nothing behind."""
     print(f"error: {err}", file=sys.stderr, flush=True)
+    output = Path(HydraConfig.get().runtime.output_dir) if HydraConfig.initialized() else None
+    if output is not None and output.is_dir() and {p.name for p in output.iterdir()} <= HYDRA_FILES:
+        import logging
+        import shutil
+
+        logging.shutdown()  # Hydra's file handler holds train.log open
+        shutil.rmtree(output, ignore_errors=True)
+        if output.parent.name == "runs" and not any(output.parent.iterdir()):
+            output.parent.rmdir()  # Hydra's default parent (runs/<time>), now empty
     raise SystemExit(EXIT_INVALID)
 
 

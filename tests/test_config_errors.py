@@ -126,3 +126,13 @@ def test_defaults_have_one_home():
     cfg.learner.optim.betas = tuple(cfg.learner.optim.betas)  # OmegaConf stores tuples as lists
     assert dataclasses.asdict(cfg.learner) == dataclasses.asdict(schema.learner)
     assert (cfg.steps, cfg.async_rollout, cfg.checkpoint_every) == (schema.steps, schema.async_rollout, 10)
+
+
+def test_a_start_that_fails_its_checks_leaves_no_run_directory(tmp_path):
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-m", "spacevista", "train", "rollout.prompts_per_step=0"],
+                          capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert proc.returncode == 2 and "rollout.prompts_per_step" in proc.stderr
+    assert list(tmp_path.iterdir()) == []
