@@ -58,8 +58,9 @@ def test_fsdp_off_with_several_learner_ranks_says_what_to_do():
 
 
 def test_cosine_warmup_longer_than_the_run_is_refused():
-    with pytest.raises(ConfigError, match="learner.optim.warmup_steps=50 must be < steps=40"):
+    with pytest.raises(ConfigError, match="learner.optim.warmup_steps=50 must be < the cosine horizon 40"):
         _check(["learner.optim.schedule=cosine", "learner.optim.warmup_steps=50"])
+    _check(["learner.optim.schedule=cosine", "learner.optim.warmup_steps=50", "learner.optim.total_steps=100"])
 
 
 def test_a_bad_plugin_is_one_error_naming_the_spec(tmp_path):

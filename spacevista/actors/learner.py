@@ -88,9 +88,10 @@ class LearnerWorker:
         dist.init_process_group(backend, store=store, rank=self.rank, world_size=self.world_size)
         cfg = self.cfg
         device = "cuda" if backend == "nccl" else "cpu"
+        horizon = cfg.learner.optim.total_steps or cfg.steps  # the cosine schedule's horizon
         self.core = LearnerCore(
             self.model_path, cfg.model.experts, lora=cfg.model.lora, objective=cfg.learner.objective,
-            optim=dataclasses.replace(cfg.learner.optim, total_steps=cfg.steps), router=cfg.learner.router,
+            optim=dataclasses.replace(cfg.learner.optim, total_steps=horizon), router=cfg.learner.router,
             micro_batch_size=cfg.learner.micro_batch_size, fsdp=cfg.learner.fsdp, device=device,
             share_prompts=cfg.learner.share_prompts, gradient_checkpointing=cfg.learner.gradient_checkpointing,
             max_tokens_per_micro_batch=cfg.learner.max_tokens_per_micro_batch,

@@ -151,9 +151,10 @@ def rule_problems(cfg: TrainConfig, plugin_names: Iterable[str] = ()) -> list[st
     if not 0 < low <= high:
         problems.append(f"learner.objective.clip_ratio_low={low}, clip_ratio_high={high}: need 0 < low <= high")
     optim = cfg.learner.optim
-    if optim.schedule == "cosine" and optim.warmup_steps >= cfg.steps:
-        problems.append(f"learner.optim.warmup_steps={optim.warmup_steps} must be < steps={cfg.steps} "
-                        "for the cosine schedule (it decays over the RL steps)")
+    horizon = optim.total_steps or cfg.steps
+    if optim.schedule == "cosine" and optim.warmup_steps >= horizon:
+        problems.append(f"learner.optim.warmup_steps={optim.warmup_steps} must be < the cosine horizon {horizon} "
+                        "(learner.optim.total_steps, or steps when it is 0)")
     if cfg.cluster.num_cpus is not None and cfg.cluster.num_cpus < 1:
         problems.append(f"cluster.num_cpus={cfg.cluster.num_cpus}: must be >= 1 (or null: all CPUs)")
     specs = [p.spec for p in cfg.reward.plugins]

@@ -91,7 +91,7 @@ class OptimConfig:
     betas: tuple[float, float] = (0.9, 0.999)
     grad_clip: float = 1.0  # max global grad norm of the policy parameters; <= 0 disables
     warmup_steps: int = limits(0, ge=0)
-    total_steps: int = limits(1000, ge=1)  # cosine horizon; the training job sets it from `steps`
+    total_steps: int = limits(0, ge=0)  # the cosine schedule's horizon; 0: the training job's `steps`
     schedule: str = limits("constant", choices=("constant", "cosine"))  # both after linear warm-up
 
 

@@ -38,6 +38,8 @@ def build_optimizer(groups: Sequence[ParamGroup], cfg: OptimConfig) -> torch.opt
 
 def build_scheduler(optimizer: torch.optim.Optimizer, cfg: OptimConfig) -> torch.optim.lr_scheduler.LambdaLR:
     if cfg.schedule == "cosine":
+        if cfg.total_steps < 1:
+            raise ValueError("optim.total_steps: a cosine schedule needs its horizon (>= 1 step)")
         return get_cosine_schedule_with_warmup(optimizer, cfg.warmup_steps, cfg.total_steps)
     return get_constant_schedule_with_warmup(optimizer, cfg.warmup_steps)
 
