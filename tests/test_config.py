@@ -36,7 +36,7 @@ def test_group_overrides_compose():
 
 
 def test_cross_field_rules_name_the_keys():
-    cfg = to_train_config(compose(["rollout.prompts_per_step=3", "rollout.n=3", "model.experts=[indoor]"]))
+    cfg = to_train_config(compose(["rollout.prompts_per_step=3", "rollout.n=3", "model.experts=[indoor,outdoor]"]))
     with pytest.raises(ConfigError) as err:
         validate_config(cfg)
     msg = str(err.value)

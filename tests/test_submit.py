@@ -82,6 +82,7 @@ def test_submit_runs_a_short_training_job_and_its_metrics_reach_the_dashboard(he
 def test_submit_without_a_token_is_refused_not_weakened(head, tmp_path):
     missing = tmp_path / "no-token"
     missing.write_text("not-the-token\n")
+    missing.chmod(0o600)  # a token file others can read is refused before anything is sent
     proc = cli(head, "jobs", "list", "--address", head.dashboard_url, "--token-file", str(missing), timeout=120)
     assert proc.returncode != 0
     assert "401" in proc.stderr or "403" in proc.stderr or "uthenticat" in proc.stderr
