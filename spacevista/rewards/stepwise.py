@@ -20,18 +20,22 @@ from spacevista.rewards.components import (
 )
 from spacevista.rewards.parse import parse_completion
 from spacevista.rewards.truth import GroundTruth, GroundTruthError, parse_ground_truth
+from spacevista.configs.schema import RewardWeightsConfig
 from spacevista.scales import AnswerType, OutputFormat
 
+_FIXED = RewardWeightsConfig()
 ACCURACY = "accuracy"  # the key under which compute_score reports the answer component
 
 
 @dataclass(frozen=True, slots=True)
 class RewardWeights:
-    """Component weights and gates for one curriculum stage; the weights are normalised to sum 1."""
+    """Component weights and gates for one curriculum stage; the weights are normalised to sum 1.
+    The defaults are the training config's fixed weights (`reward.weights`, their one home), so
+    `compute_score`, `rewards score` and training's comparable reward weigh alike."""
 
-    format: float = 0.1
-    scale: float = 0.2
-    accuracy: float = 0.7
+    format: float = _FIXED.format
+    scale: float = _FIXED.scale
+    accuracy: float = _FIXED.accuracy
     gate_format: bool = True  # the answer scores only when the format is valid
     gate_scale: bool = False  # "scale before answer": the answer scores only when the scale is right
 
