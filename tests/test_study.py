@@ -102,3 +102,11 @@ def test_a_tiny_study_end_to_end_reports_the_runs_eval_numbers(tmp_path):
     diff = report["differences"]["learned"]["Overall"]
     assert diff["seeds"] == [0, 1]
     assert Path(out / "report.md").read_text().count("spacevista eval run") == 4
+
+
+def test_the_dense_study_trains_the_branch_against_the_plain_policy(tmp_path):
+    trials = plan_trials(PRESETS["dense"], StudyOptions(seeds=(0,)), tmp_path)
+    by_variant = {name: t for t in trials for name in t.evals}
+    assert set(by_variant) == {"no_dense", "dense"} and len(trials) == 2
+    assert "model.dense.enabled=true" in by_variant["dense"].overrides
+    assert "model.dense.enabled=true" not in by_variant["no_dense"].overrides

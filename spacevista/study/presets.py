@@ -67,4 +67,6 @@ PRESETS: dict[str, Study] = {s.name: s for s in (
           (Variant("label", eval="label"), Variant("learned", eval="learned")), baseline="label"),
     Study("rl", "does GRPO after the SFT warm-up improve held-out accuracy? (one training run, two evals)",
           (Variant("sft", eval="sft"), Variant("sft_rl", eval="learned")), baseline="sft"),
+    Study("dense", "do dense self-supervised features fused into the visual tokens (SpaceVista-7B's DINO branch) help?",
+          (Variant("no_dense"), Variant("dense", ("model.dense.enabled=true",))), baseline="no_dense"),
 )}
