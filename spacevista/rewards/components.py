@@ -61,17 +61,25 @@ def scale_reward(scale_text: str | None, truth_scale: str, neighbour_credit: flo
     return 0.0, f"scale {predicted} (truth {truth_scale})"
 
 
-def numeric_reward(answer: str | None, truth: GroundTruth) -> Component:
-    """MRA after converting the predicted quantity to the record's unit; a bare number is taken to
-    be in the record's unit."""
+def quantity_in_truth_unit(answer: str | None, truth: GroundTruth) -> float | str:
+    """The predicted quantity converted to the record's unit (a bare number is taken to be in it), or
+    the reason there is none (a str)."""
     parsed = parse_quantity(answer)
     if not parsed:
-        return 0.0, parsed.reason
+        return parsed.reason
     value, unit = parsed
     if unit is not None and unit != truth.unit:
         if unit_dimension(unit) != unit_dimension(truth.unit):
-            return 0.0, f"unit {unit} does not measure what {truth.unit} does"
+            return f"unit {unit} does not measure what {truth.unit} does"
         value = convert(value, unit, truth.unit)
+    return value
+
+
+def numeric_reward(answer: str | None, truth: GroundTruth) -> Component:
+    """MRA of the predicted quantity in the record's unit."""
+    value = quantity_in_truth_unit(answer, truth)
+    if isinstance(value, str):
+        return 0.0, value
     score = mean_relative_accuracy(value, truth.value)
     return score, f"{value:.4g} vs {truth.value:.4g} {truth.unit}"
 

@@ -24,10 +24,10 @@ from typing import Any
 
 import numpy as np
 
-from spacevista.rewards.components import Component
-from spacevista.rewards.parse import parse_completion, parse_count, parse_quantity
+from spacevista.rewards.components import Component, quantity_in_truth_unit
+from spacevista.rewards.parse import parse_completion, parse_count
 from spacevista.rewards.truth import GroundTruth, parse_ground_truth
-from spacevista.scales import AnswerType, convert, unit_dimension
+from spacevista.scales import AnswerType
 
 MAGNITUDE_BASE = 10.0  # log10: the reading of the paper's `log` (orders of magnitude); see README
 MAGNITUDE_SPAN = 2.0  # the paper's divisor: the reward reaches 0 this many log-units off
@@ -45,14 +45,9 @@ def magnitude_reward(answer: str | None, truth: GroundTruth, base: float = MAGNI
             return 0.0, count.reason
         value = float(count)
     elif truth.type is AnswerType.NUMERIC:
-        parsed = parse_quantity(answer)
-        if not parsed:
-            return 0.0, parsed.reason
-        value, unit = parsed
-        if unit is not None and unit != truth.unit:
-            if unit_dimension(unit) != unit_dimension(truth.unit):
-                return 0.0, f"unit {unit} does not measure what {truth.unit} does"
-            value = convert(value, unit, truth.unit)
+        value = quantity_in_truth_unit(answer, truth)
+        if isinstance(value, str):
+            return 0.0, value
     else:
         return 0.0, f"no magnitude in a {truth.type.value} answer"
     gt = float(truth.value)
