@@ -42,6 +42,7 @@ def _fail(err: Exception) -> None:
 
 @hydra.main(config_path="configs", config_name="train", version_base="1.3")
 def _hydra_entry(cfg: DictConfig) -> float:
+    from spacevista.cluster.plan import PlanError
     from spacevista.data.io import DataError
 
     try:
@@ -57,7 +58,7 @@ def _hydra_entry(cfg: DictConfig) -> float:
     run_dir = Path(train_cfg.run_dir or HydraConfig.get().runtime.output_dir).resolve()
     try:
         result = train(train_cfg, run_dir, OmegaConf.to_container(cfg, resolve=True))
-    except DataError as err:  # raised by the data check, before Ray starts
+    except (DataError, PlanError) as err:  # the data check and the GPU memory plan, before Ray starts
         _fail(err)
     print(f"run directory: {result.run_dir}")
     return result.final_reward

@@ -34,6 +34,7 @@ from spacevista.actors.workers import RolloutItem
 from spacevista.actors.setup import (PreparedRun, prepare_run, registered_plugins, reward_config_dict, start_ray,
                                      stage_reward_weights, validate_config)
 from spacevista.cluster.metrics import RayMetrics
+from spacevista.cluster.plan import check_before_training
 from spacevista.cluster.resources import check_cluster, reserve
 from spacevista.configs.experts import expert_map, expert_of
 from spacevista.configs.schema import RewardWeightsConfig, StageConfig, TrainConfig
@@ -130,6 +131,7 @@ def train(cfg: TrainConfig, run_dir: Path, config_dict: dict[str, Any] | None = 
     run_dir.mkdir(parents=True, exist_ok=True)
     console.print(f"[bold]SpaceVista-RL[/bold] run directory: {run_dir}")
     prep: PreparedRun = prepare_run(cfg, run_dir)
+    check_before_training(cfg, prep.model_path)  # GPU roles that cannot fit fail here, naming the part
     owns_ray = start_ray(cfg.cluster, run_dir)
     try:
         check_cluster(cfg.cluster)
