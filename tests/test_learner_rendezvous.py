@@ -25,4 +25,5 @@ def test_the_rendezvous_store_listens_on_loopback_only():
         assert all(c.laddr.ip in ("127.0.0.1", "::1", "::ffff:127.0.0.1") for c in mine), mine
     finally:
         dist.destroy_process_group()
-        listener.close()
+        del store  # the store owns the listening descriptor now (the socket object let go of it)
+    assert listener.fileno() == -1

@@ -30,7 +30,12 @@ def test_submit_cli_has_insecure_flag():
 
 
 def test_a_readable_token_file_is_refused(tmp_path, monkeypatch):
-    monkeypatch.delenv("RAY_AUTH_TOKEN_PATH", raising=False)
+    # _prepare_auth sets RAY_AUTH_MODE and RAY_AUTH_TOKEN_PATH in os.environ (the CLI's own process): undone
+    # after this test, or a later local Ray of this process starts its GCS in token mode while the driver,
+    # whose Ray read its auth mode when imported, sends no token
+    for name in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN_PATH"):
+        monkeypatch.setenv(name, "")
+        monkeypatch.delenv(name)
     token = tmp_path / "token"
     token.write_text("secret")
     token.chmod(0o644)

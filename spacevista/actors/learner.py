@@ -49,14 +49,16 @@ def listening_socket(address: str) -> socket.socket:
 
 def rendezvous_store(address: str, port: int, rank: int, world_size: int, listener: socket.socket | None = None,
                      timeout_s: float = 300.0):
-    """torch.distributed's TCPStore: rank 0 serves it on `listener` (bound to `address`), the others connect."""
+    """torch.distributed's TCPStore: rank 0 serves it on `listener` (bound to `address`), the others connect.
+    The store takes the listening socket over (it closes the descriptor when it goes): Python lets go of it
+    here, so the same descriptor number is never closed twice (a later close would hit whatever reused it)."""
     import datetime
 
     import torch.distributed as dist
 
     timeout = datetime.timedelta(seconds=timeout_s)
     if rank == 0:
-        return dist.TCPStore(address, port, world_size, True, timeout, master_listen_fd=listener.fileno())
+        return dist.TCPStore(address, port, world_size, True, timeout, master_listen_fd=listener.detach())
     return dist.TCPStore(address, port, world_size, False, timeout)
 
 
