@@ -104,8 +104,16 @@ class AfterCheckpoint(threading.Thread):
 
 
 def actor_pid(run_dir: Path, role_index: str, timeout_s: float = 300.0) -> int:
-    """The pid of the run's actor `role-index` (e.g. learner-1), once it answers (after a restart too)."""
-    return ray.get(ray.get_actor(f"{run_dir.name}:{role_index}").ping.remote(), timeout=timeout_s)
+    """The pid of the run's actor `role-index` (e.g. learner-1), once it answers: after a restart too, and
+    after a recovery that rebuilt the role (the old handle is then dead, and the name briefly unknown)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            return ray.get(ray.get_actor(f"{run_dir.name}:{role_index}").ping.remote(), timeout=timeout_s)
+        except (ray.exceptions.RayActorError, ValueError):
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
 
 
 def assert_healed(run_dir: Path, result, uninterrupted: dict[str, torch.Tensor], roles: set[str]) -> list[dict]:
