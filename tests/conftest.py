@@ -97,3 +97,12 @@ def local_ray(ray_temp_dir):
              _temp_dir=str(ray_temp_dir), log_to_driver=False)
     yield
     ray.shutdown()
+
+
+# ---- rewards --------------------------------------------------------------------------------------
+@pytest.fixture
+def isolated_registry(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Rewards a test registers stay in that test: the reward registry is a copy, put back afterwards."""
+    from spacevista.rewards import registry
+
+    monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))

@@ -16,6 +16,7 @@ import sys
 import tempfile
 import time
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -55,28 +56,26 @@ class LocalNode:
     def kill(self) -> int:
         """Lose the node: SIGKILL every process of it at once (no goodbye to the GCS); how many were killed."""
         procs = self.our_processes()
-        for p in procs:
-            try:
-                p.kill()
-            except psutil.NoSuchProcess:
-                pass
+        _signal(procs, psutil.Process.kill)
         psutil.wait_procs(procs, timeout=15)
         return len(procs)
 
     def stop(self) -> None:
+        """Stop the node: SIGTERM its processes, SIGKILL those still alive after 15 s, remove its temp dir."""
         procs = self.our_processes()
-        for p in procs:
-            try:
-                p.terminate()
-            except psutil.NoSuchProcess:
-                pass
+        _signal(procs, psutil.Process.terminate)
         _, alive = psutil.wait_procs(procs, timeout=15)
-        for p in alive:
-            try:
-                p.kill()
-            except psutil.NoSuchProcess:
-                pass
+        _signal(alive, psutil.Process.kill)
         shutil.rmtree(self.temp_dir, ignore_errors=True)
+
+
+def _signal(procs: list[psutil.Process], send: Callable[[psutil.Process], None]) -> None:
+    """`send` (e.g. `psutil.Process.kill`) to each process; one that has exited already is skipped."""
+    for p in procs:
+        try:
+            send(p)
+        except psutil.NoSuchProcess:
+            pass
 
 
 @dataclass

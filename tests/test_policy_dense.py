@@ -59,26 +59,28 @@ def _branch(model, processor, cfg: DenseConfig, gate: float = 0.0) -> DenseBranc
     return branch
 
 
-@pytest.mark.parametrize("kind", ["image", "video"])
-def test_zero_gate_gives_the_base_policys_logits_exactly(policy, dense_cfg, kind):
+def _base_and_fused_logits(policy, cfg: DenseConfig, kind: str, gate: float
+                           ) -> tuple[torch.Tensor, torch.Tensor, DenseBranch]:
+    """The policy's logits on one `kind` prompt before and after attaching a branch with `gate`, and the branch."""
     model, processor = policy
     inputs = _inputs(processor, kind)
     with torch.no_grad():
         base = model(**inputs).logits
-        branch = _branch(model, processor, dense_cfg)
+        branch = _branch(model, processor, cfg, gate)
         fused = model(**inputs).logits
+    return base, fused, branch
+
+
+@pytest.mark.parametrize("kind", ["image", "video"])
+def test_zero_gate_gives_the_base_policys_logits_exactly(policy, dense_cfg, kind):
+    base, fused, branch = _base_and_fused_logits(policy, dense_cfg, kind, gate=0.0)
     assert branch.cache.stats.lookups > 0  # the branch really ran
     assert torch.equal(fused, base)
 
 
 @pytest.mark.parametrize("kind", ["image", "video"])
 def test_a_nonzero_gate_changes_the_logits(policy, dense_cfg, kind):
-    model, processor = policy
-    inputs = _inputs(processor, kind)
-    with torch.no_grad():
-        base = model(**inputs).logits
-        _branch(model, processor, dense_cfg, gate=1.0)
-        fused = model(**inputs).logits
+    base, fused, _ = _base_and_fused_logits(policy, dense_cfg, kind, gate=1.0)
     assert (fused - base).abs().max() > 1e-4
 
 

@@ -5,18 +5,10 @@ import json
 
 import pytest
 
-from spacevista.rewards import registry
+from reward_helpers import GOOD, RECORD
 from spacevista.rewards.cli import add_subparser, run_cli
-from spacevista.scales import format_output
 
-RECORD = {"scale": "indoor", "task": "object_size",
-          "answer": {"type": "numeric", "value": 3.2, "unit": "m", "choices": None}}
-GOOD = format_output("the sofa spans three tiles", "indoor", "3.2 m")
-
-
-@pytest.fixture(autouse=True)
-def isolated_registry(monkeypatch):
-    monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))
+pytestmark = pytest.mark.usefixtures("isolated_registry")  # tests/conftest.py
 
 
 def score(tmp_path, *lines, extra=()):

@@ -11,8 +11,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
-import tempfile
 from dataclasses import asdict
 from pathlib import Path
 from typing import Protocol, runtime_checkable
@@ -20,6 +18,7 @@ from typing import Protocol, runtime_checkable
 import torch
 import torch.nn.functional as F
 
+from spacevista.atomic_dir import build_once
 from spacevista.configs.dense import DenseConfig, TinyDenseEncoderConfig
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -127,33 +126,24 @@ def build_tiny_dense_encoder(cache_dir: str | os.PathLike, cfg: TinyDenseEncoder
                              kind: str = "dinov2", resolution: int = 56) -> Path:
     """Build (or reuse from cache) a tiny random DINOv2/DINOv3 directory offline; returns its path.
 
-    Written to a temporary directory and renamed into place, as `policies.tiny.build_tiny_policy` does.
+    Written to a temporary directory and renamed into place (`atomic_dir.build_once`).
     """
     from transformers import AutoModel
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
     cfg = cfg or TinyDenseEncoderConfig()
-    target = Path(cache_dir).expanduser() / tiny_encoder_key(cfg, kind, resolution)
-    if (target / "config.json").exists():
-        return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=".build-"))
-    try:
+
+    def build(tmp: Path) -> None:
         with torch.random.fork_rng():  # the caller's RNG stream must not depend on whether we built or reused
             torch.manual_seed(cfg.seed)
             model = AutoModel.from_config(_tiny_config(cfg, kind, resolution))
         model.save_pretrained(tmp)
         (tmp / "preprocessor_config.json").write_text(json.dumps(
             {"image_mean": list(IMAGENET_MEAN), "image_std": list(IMAGENET_STD)}, indent=1))
-        try:
-            os.rename(tmp, target)
-        except OSError:  # another process won the race: theirs is identical
-            if not (target / "config.json").exists():
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return target
+
+    target = Path(cache_dir).expanduser() / tiny_encoder_key(cfg, kind, resolution)
+    return build_once(target, build, marker="config.json")
 
 
 def build_dense_encoder(cfg: DenseConfig, device: str | torch.device = "cpu",

@@ -15,14 +15,16 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
-from verl import DataProto
 
 from spacevista.configs.policy import RouterConfig
-from spacevista.policies.logprobs import model_inputs
 from spacevista.scales import canonical_scale
+
+if TYPE_CHECKING:
+    from verl import DataProto
 
 
 def _language_model(model: nn.Module) -> nn.Module:
@@ -82,6 +84,11 @@ def feature_dim(model: nn.Module) -> int:
 @torch.no_grad()
 def prompt_features(model: nn.Module, encoded: DataProto | Mapping[str, torch.Tensor]) -> torch.Tensor:
     """Pooled prompt features [B, 2H] of a collated batch (prompt part only) or of processor output."""
+    # verl (and through it Ray) only when asked: importing the router stays Ray-free, as a pure layer should
+    from verl import DataProto
+
+    from spacevista.policies.logprobs import model_inputs
+
     device = next(model.parameters()).device
     if isinstance(encoded, DataProto):
         inputs = model_inputs(encoded, device)

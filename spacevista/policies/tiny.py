@@ -12,13 +12,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
-import tempfile
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
+
+from spacevista.atomic_dir import build_once
 
 SPECIAL_TOKENS: tuple[str, ...] = (
     "<|endoftext|>", "<|im_start|>", "<|im_end|>",
@@ -150,36 +150,26 @@ def build_tiny_policy(cache_dir: str | os.PathLike, corpus: Iterable[str],
                       cfg: TinyPolicyConfig | None = None) -> Path:
     """Build (or reuse from cache) the tiny policy directory; returns its path.
 
-    Written to a temporary directory and renamed into place, so a crash never leaves a half-written
-    cache entry and concurrent builders (e.g. several Ray actors) agree on one result.
+    Written to a temporary directory and renamed into place (`atomic_dir.build_once`), so a crash never
+    leaves a half-written cache entry and concurrent builders (e.g. several Ray actors) agree on one result.
     """
     cfg = cfg or TinyPolicyConfig()
     corpus = [c for c in corpus if c]
     if not corpus:
         raise ValueError("build_tiny_policy: the tokenizer corpus is empty")
-    target = Path(cache_dir) / policy_cache_key(cfg, corpus)
-    if (target / "config.json").exists():
-        return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=".build-"))
-    from transformers.utils import logging as hf_logging
 
-    hf_logging.disable_progress_bar()
-    try:
+    def build(tmp: Path) -> None:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
         tokenizer = _train_tokenizer(corpus, cfg.vocab_size)
         processor = _build_processor(tokenizer, cfg)
         model = _build_model(tokenizer, cfg)
         model.save_pretrained(tmp)
         processor.save_pretrained(tmp)
         (tmp / "spacevista_tiny.json").write_text(json.dumps(asdict(cfg), indent=1))
-        try:
-            os.rename(tmp, target)
-        except OSError:  # another process won the race: theirs is identical
-            if not (target / "config.json").exists():
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return target
+
+    return build_once(Path(cache_dir) / policy_cache_key(cfg, corpus), build, marker="config.json")
 
 
 ATTENTION_IMPLEMENTATIONS = ("sdpa", "eager", "flash_attention_2", "auto")

