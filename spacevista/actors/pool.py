@@ -16,7 +16,9 @@ from spacevista.configs.schema import ClusterConfig, RoleConfig, TrainConfig
 
 
 def actor_options(group: RoleGroup, index: int, run_name: str) -> dict[str, Any]:
-    """Placement, name, restart policy and thread count for the index-th worker of a role."""
+    """Placement, name, restart policy, thread count and OS niceness for the index-th worker of a role.
+    The niceness replaces Ray's default for workers (15, below every ordinary process): a worker process
+    applies `RAY_worker_niceness` from its own environment as it starts, so no privilege is needed."""
     role: RoleConfig = group.config
     threads = max(1, int(round(role.num_cpus)))
     return dict(
@@ -24,7 +26,7 @@ def actor_options(group: RoleGroup, index: int, run_name: str) -> dict[str, Any]
         max_restarts=role.max_restarts,
         max_task_retries=role.max_restarts,  # a call in flight when the worker died runs again after restart
         runtime_env={"env_vars": {"SPACEVISTA_ACTOR_THREADS": str(threads), "OMP_NUM_THREADS": str(threads),
-                                  "TOKENIZERS_PARALLELISM": "false"}},
+                                  "RAY_worker_niceness": str(role.nice), "TOKENIZERS_PARALLELISM": "false"}},
     )
 
 

@@ -151,6 +151,10 @@ class RoleConfig:
     num_gpus: float = limits(0.0, ge=0.0)
     max_restarts: int = limits(2, ge=-1)  # Ray restarts a crashed worker; the controller retries its work
     strategy: str = limits("PACK", choices=("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"))  # placement group
+    # OS niceness of the role's worker processes, added to the Ray node's (Ray's own default, 15, yields to
+    # every other process on the machine); on shared cores a higher value lets a background role (the async
+    # rollout) give way to the learner ranks, whose collectives wait for the slowest rank
+    nice: int = limits(0, ge=0, le=19)
 
 
 @dataclass
