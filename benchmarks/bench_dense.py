@@ -27,12 +27,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from conftest import policy_corpus  # noqa: E402
 
 from spacevista.configs.dense import DenseConfig  # noqa: E402
+from spacevista.configs.policy import TinyPolicyConfig  # noqa: E402
 from spacevista.policies.dense import DenseBranch, fused_visual_embeds  # noqa: E402
 from spacevista.policies.experts import attach_experts  # noqa: E402
-from spacevista.policies.tiny import TinyPolicyConfig, build_tiny_policy, load_policy  # noqa: E402
+from spacevista.policies.tiny import build_tiny_policy, load_policy  # noqa: E402
 from spacevista.scales import SCALES  # noqa: E402
 
-EMBEDDED = TinyPolicyConfig(hidden_size=256, num_layers=4, num_heads=4, num_kv_heads=2, intermediate_size=512)
+EMBEDDED = TinyPolicyConfig()  # the embedded training default's architecture
 
 
 def grpo_batch(processor, prompts: int, n: int, tokens: int, seed: int = 0) -> dict[str, torch.Tensor]:

@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from conftest import make_policy_samples, policy_corpus  # noqa: E402  (the tests' sample maker)
+from conftest import TEST_POLICY, make_policy_samples, policy_corpus  # noqa: E402  (the tests' policy and samples)
 
 from spacevista.policies.batch import collate  # noqa: E402
 from spacevista.policies.experts import expert_names, set_experts_trainable  # noqa: E402
@@ -51,7 +51,7 @@ def main() -> None:
     parser.add_argument("--group", type=int, default=4, help="responses per prompt in the shared-prompt timing")
     args = parser.parse_args()
     torch.set_num_threads(1)
-    path = build_tiny_policy(Path(tempfile.gettempdir()) / "spacevista-bench", policy_corpus())
+    path = build_tiny_policy(Path(tempfile.gettempdir()) / "spacevista-bench", policy_corpus(), TEST_POLICY)
     learner = LearnerCore(path, SCALES, micro_batch_size=args.batch, objective=ObjectiveConfig(kl_coef=0.01))
     model, rng = learner.model, random.Random(0)
     for media in (("text",), ("image", "video", "text")):

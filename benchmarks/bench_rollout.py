@@ -15,7 +15,6 @@ HF only, for reference (peft's own paths, no engine): `peft_mixed` (one `generat
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import datetime
 import os
 import platform
@@ -33,9 +32,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from conftest import policy_corpus  # noqa: E402
 from rollout_helpers import EXPERTS, LORA, image_request, random_experts, text_request  # noqa: E402
 
-from spacevista.configs.schema import TinyArchConfig  # noqa: E402
+from spacevista.configs.policy import TinyPolicyConfig  # noqa: E402
 from spacevista.policies.prompts import encode_batch  # noqa: E402
-from spacevista.policies.tiny import TinyPolicyConfig, build_tiny_policy  # noqa: E402
+from spacevista.policies.tiny import build_tiny_policy  # noqa: E402
 from spacevista.rollout import GenerationRequest, SamplingParams  # noqa: E402
 
 
@@ -87,7 +86,7 @@ def run_mode(engine, mode: str, calls: list[list[GenerationRequest]], params: Sa
 def measure(args) -> list[dict]:
     torch.set_num_threads(args.threads)
     cache = Path(args.cache or tempfile.mkdtemp(prefix="bench-rollout-"))
-    policy = build_tiny_policy(cache, policy_corpus(), TinyPolicyConfig(**dataclasses.asdict(TinyArchConfig())))
+    policy = build_tiny_policy(cache, policy_corpus(), TinyPolicyConfig())
     weights = random_experts(policy, seed=0)
     params = SamplingParams(temperature=1.0, max_tokens=args.max_tokens, min_tokens=args.max_tokens,
                             seed=0)
@@ -160,7 +159,7 @@ def main() -> None:
             f.write(f"\n## Rollout throughput ({datetime.date.today()}, {os.cpu_count()} CPU cores, "
                     f"{platform.machine()}; {versions})\n\n"
                     f"`{command()}`\n\n"
-                    f"Tiny policy = the training default (`TinyArchConfig`), 5 experts with rank-{LORA.rank} LoRA, "
+                    f"Tiny policy = the training default (`TinyPolicyConfig()`), 5 experts with rank-{LORA.rank} LoRA, "
                     f"{args.prompts} prompts x {args.max_tokens} new tokens per mode, float32, "
                     f"median of {args.repeats}.\n\n{text}\n")
 

@@ -10,11 +10,16 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from spacevista.configs.policy import TinyPolicyConfig
 from spacevista.scales import LENGTH_UNITS, OUTPUT_INSTRUCTION, SCALES, format_output
 from spacevista.scales import SYNTHETIC_TASK_SPECS as TASK_SPECS
 
 
 # ---- policies: the tiny Qwen2.5-VL and learner samples ------------------------------------------
+# The tests' policy architecture (~0.7 M parameters): smaller than the embedded training default, so the suite is fast.
+TEST_POLICY = TinyPolicyConfig(hidden_size=128, num_layers=2, num_heads=4, num_kv_heads=2, intermediate_size=256)
+
+
 def policy_corpus() -> list[str]:
     """Tokenizer corpus made of scales.py's own strings."""
     lines = [OUTPUT_INSTRUCTION, *SCALES, *LENGTH_UNITS, *(f"{t.name}: {t.description}" for t in TASK_SPECS)]
@@ -25,10 +30,10 @@ def policy_corpus() -> list[str]:
 
 @pytest.fixture(scope="session")
 def tiny_policy_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The tiny offline policy (TinyPolicyConfig defaults), built once per test session."""
-    from spacevista.policies.tiny import TinyPolicyConfig, build_tiny_policy
+    """The tiny offline policy (`TEST_POLICY`), built once per test session."""
+    from spacevista.policies.tiny import build_tiny_policy
 
-    return build_tiny_policy(tmp_path_factory.mktemp("tiny_policy"), policy_corpus(), TinyPolicyConfig())
+    return build_tiny_policy(tmp_path_factory.mktemp("tiny_policy"), policy_corpus(), TEST_POLICY)
 
 
 def _picture(rng: np.random.Generator, size: int = 56) -> Image.Image:

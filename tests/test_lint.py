@@ -34,6 +34,7 @@ PURE_LAYERS = {
     "spacevista.rewards": ("ray", "torch"),
     "spacevista.curriculum": ("ray", "torch"),
     "spacevista.policies.router": ("ray",),
+    "spacevista.policies.objectives": ("ray",),
 }
 
 

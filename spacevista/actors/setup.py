@@ -9,8 +9,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
-import shutil
-import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +16,7 @@ from typing import Any
 
 import ray
 
+from spacevista.atomic_dir import build_once
 from spacevista.cluster.submit import protect_token_file
 from spacevista.configs.checks import ConfigError, rule_problems, value_problems
 from spacevista.configs.schema import ClusterConfig, RewardConfig, StageConfig, TrainConfig
@@ -77,22 +76,13 @@ def _synthetic_data(cfg: TrainConfig) -> Path:
     from spacevista.data.synth import SYNTH_VERSION, synthesize
 
     s = cfg.data.synth
-    root = Path(s.cache_dir).expanduser()
-    target = root / f"synth-v{SYNTH_VERSION}-n{s.n}-seed{s.seed}-f{s.frames}-px{s.size}-t{s.test_fraction:g}"
-    if (target / "manifest.json").exists():
-        return target
-    root.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=root, prefix=".synth-"))
-    try:
+    target = (Path(s.cache_dir).expanduser()
+              / f"synth-v{SYNTH_VERSION}-n{s.n}-seed{s.seed}-f{s.frames}-px{s.size}-t{s.test_fraction:g}")
+
+    def build(tmp: Path) -> None:
         synthesize(tmp, s.n, s.seed, frames=s.frames, size=s.size, test_fraction=s.test_fraction, overwrite=True)
-        try:
-            os.rename(tmp, target)
-        except OSError:
-            if not (target / "manifest.json").exists():
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return target
+
+    return build_once(target, build, marker="manifest.json")
 
 
 def prepare_model(cfg: TrainConfig) -> Path:
@@ -104,10 +94,9 @@ def prepare_model(cfg: TrainConfig) -> Path:
                                     "directory is required; nothing is downloaded)")
         return path
     from spacevista.data.synth import tokenizer_corpus
-    from spacevista.policies.tiny import TinyPolicyConfig, build_tiny_policy
+    from spacevista.policies.tiny import build_tiny_policy
 
-    arch = TinyPolicyConfig(**dataclasses.asdict(cfg.model.tiny))  # the config's data -> the policy's class
-    return build_tiny_policy(Path(cfg.model.cache_dir).expanduser(), tokenizer_corpus(), arch)
+    return build_tiny_policy(Path(cfg.model.cache_dir).expanduser(), tokenizer_corpus(), cfg.model.tiny)
 
 
 def prepare_run(cfg: TrainConfig, run_dir: Path) -> PreparedRun:

@@ -105,7 +105,8 @@ class RouterConfig:
 
 @dataclass
 class TinyPolicyConfig:
-    """Architecture of the offline policy (the embedded default's ~3.8 M parameters)."""
+    """Architecture of the tiny offline policy (`policies.tiny` builds it); defaults: the embedded
+    training default's ~3.8 M parameters (tests pass a smaller one)."""
 
     hidden_size: int = limits(256, ge=8)
     num_layers: int = limits(4, ge=1)
@@ -121,3 +122,16 @@ class TinyPolicyConfig:
     max_position_embeddings: int = limits(4096, ge=64)
     seed: int = 0
     mrope_section: list[int] = field(default_factory=list)  # empty: derived from head_dim
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.num_heads
+
+    def resolved_mrope_section(self) -> list[int]:
+        """The (t, h, w) split of head_dim/2 for multimodal RoPE: `mrope_section`, or one like Qwen's [16, 24, 24]."""
+        if self.mrope_section:
+            return list(self.mrope_section)
+        half = self.head_dim // 2
+        t = half // 4
+        h = (half - t) // 2
+        return [t, h, half - t - h]

@@ -3,6 +3,7 @@
 Nothing here re-implements an algorithm: `ObjectiveConfig` (configs/policy.py, the one home of its
 defaults) names verl's registered advantage estimator and policy loss and carries their
 hyper-parameters; these functions build the verl config objects those functions expect and call them.
+verl is imported on call (it imports Ray), so importing this module stays Ray-free.
 """
 
 from __future__ import annotations
@@ -12,7 +13,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from verl.trainer.ppo import core_algos
 
 from spacevista.configs.policy import UNSUPPORTED_ESTIMATORS, ObjectiveConfig
 
@@ -21,6 +21,8 @@ __all__ = ["ObjectiveConfig", "compute_advantages", "objective_problems", "polic
 
 def objective_problems(cfg: ObjectiveConfig, key: str = "objective") -> list[str]:
     """What verl cannot run in `cfg`, each naming its key (`key`.adv_estimator, `key`.policy_loss)."""
+    from verl.trainer.ppo import core_algos
+
     problems = []
     estimators = sorted(set(core_algos.ADV_ESTIMATOR_REGISTRY) - set(UNSUPPORTED_ESTIMATORS))
     if cfg.adv_estimator not in estimators:
@@ -42,6 +44,8 @@ def outcome_token_rewards(scores: torch.Tensor, response_mask: torch.Tensor) -> 
 def compute_advantages(scores: torch.Tensor, response_mask: torch.Tensor, uids: Sequence[str],
                        cfg: ObjectiveConfig) -> torch.Tensor:
     """Token-level advantages [B, T] from one score per sequence, grouped by prompt uid."""
+    from verl.trainer.ppo import core_algos
+
     fn = core_algos.get_adv_estimator_fn(cfg.adv_estimator)
     kwargs: dict[str, Any] = dict(token_level_rewards=outcome_token_rewards(scores, response_mask),
                                   response_mask=response_mask.float(), index=np.asarray(list(uids), dtype=object),
@@ -73,6 +77,8 @@ def policy_objective(logprobs: torch.Tensor, old_logprobs: torch.Tensor, ref_log
     micro-batch its share of the global-batch mean, so summing micro-batch gradients and averaging
     over data-parallel ranks gives the gradient of the full batch (verl's `agg_loss` contract).
     """
+    from verl.trainer.ppo import core_algos
+
     actor_cfg = cfg.actor_config(global_batch_info)
     mask = response_mask.bool()
     pg_loss, pg_metrics = core_algos.get_policy_loss_fn(cfg.policy_loss)(

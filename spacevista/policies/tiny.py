@@ -13,12 +13,13 @@ import hashlib
 import json
 import os
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
 
 from spacevista.atomic_dir import build_once
+from spacevista.configs.policy import TinyPolicyConfig
 
 SPECIAL_TOKENS: tuple[str, ...] = (
     "<|endoftext|>", "<|im_start|>", "<|im_end|>",
@@ -38,38 +39,6 @@ CHAT_TEMPLATE = (
     "{% elif 'text' in content %}{{ content['text'] }}{% endif %}{% endfor %}<|im_end|>\n"
     "{% endif %}{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
 )
-
-
-@dataclass
-class TinyPolicyConfig:
-    """Architecture of the offline policy. Defaults: ~0.7 M parameters, for tests."""
-
-    hidden_size: int = 128
-    num_layers: int = 2
-    num_heads: int = 4
-    num_kv_heads: int = 2
-    intermediate_size: int = 256
-    vision_depth: int = 2
-    vision_hidden: int = 64
-    vision_heads: int = 2
-    vocab_size: int = 640  # BPE target; the trained vocabulary may be smaller
-    image_min_pixels: int = 56 * 56
-    image_max_pixels: int = 112 * 112
-    max_position_embeddings: int = 4096
-    seed: int = 0
-    mrope_section: list[int] = field(default_factory=list)  # empty: derived from head_dim
-
-    @property
-    def head_dim(self) -> int:
-        return self.hidden_size // self.num_heads
-
-    def resolved_mrope_section(self) -> list[int]:
-        if self.mrope_section:
-            return list(self.mrope_section)
-        half = self.head_dim // 2  # split head_dim/2 over (t, h, w) like Qwen's [16, 24, 24]
-        t = half // 4
-        h = (half - t) // 2
-        return [t, h, half - t - h]
 
 
 def _train_tokenizer(corpus: list[str], vocab_size: int):
@@ -148,7 +117,8 @@ def policy_cache_key(cfg: TinyPolicyConfig, corpus: list[str]) -> str:
 
 def build_tiny_policy(cache_dir: str | os.PathLike, corpus: Iterable[str],
                       cfg: TinyPolicyConfig | None = None) -> Path:
-    """Build (or reuse from cache) the tiny policy directory; returns its path.
+    """Build (or reuse from cache) the tiny policy directory of architecture `cfg` (default: the
+    embedded training default); returns its path.
 
     Written to a temporary directory and renamed into place (`atomic_dir.build_once`), so a crash never
     leaves a half-written cache entry and concurrent builders (e.g. several Ray actors) agree on one result.
