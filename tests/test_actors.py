@@ -7,9 +7,11 @@ import ray
 
 from spacevista.actors.pool import WorkerPool, split_even
 from spacevista.cluster.resources import ResourceError, check_fits, reserve
-from spacevista.configs.schema import RoleConfig
+from spacevista.configs.schema import PluginConfig, RewardConfig, RewardWeights, RoleConfig
 
 pytestmark = pytest.mark.slow
+
+WEIGHTS = RewardWeights(format=0.2, scale=0.3, accuracy=0.5)
 
 CRASH_ONCE = '''
 import os
@@ -37,9 +39,9 @@ def test_split_even_keeps_order_and_balances():
 
 
 def test_reward_pool_scores_in_input_order(local_ray):
-    pool = WorkerPool.reward({"plugins": []}, reserve("reward", RoleConfig(count=2, num_cpus=0.25)), "t")
+    pool = WorkerPool.reward(RewardConfig(), reserve("reward", RoleConfig(count=2, num_cpus=0.25)), "t")
     try:
-        out = pool.score(items(9), {"format": 0.2, "scale": 0.3, "accuracy": 0.5})
+        out = pool.score(items(9), WEIGHTS)
         assert [b.total for b in out] == [0.0 if i % 2 == 0 else 1.0 for i in range(9)]
     finally:
         pool.shutdown()
@@ -49,11 +51,11 @@ def test_a_crashed_reward_worker_restarts_and_its_work_is_retried(local_ray, tmp
     plugin = tmp_path / "crash_once.py"
     plugin.write_text(CRASH_ONCE.format(marker=str(tmp_path / "marker")))
     # in-process (trusted) plugins take the worker down with them; isolated ones (the default) do not
-    config = {"plugins": [{"spec": f"{plugin}:compute_score", "weight": 1.0}], "isolate_plugins": False}
+    config = RewardConfig(plugins=[PluginConfig(f"{plugin}:compute_score")], isolate_plugins=False)
     pool = WorkerPool.reward(config, reserve("reward", RoleConfig(count=1, num_cpus=0.25, max_restarts=2)), "t")
     try:
         first_pid = ray.get(pool.actors[0].ping.remote())
-        out = pool.score(items(4), {"format": 0.2, "scale": 0.3, "accuracy": 0.5})
+        out = pool.score(items(4), WEIGHTS)
         assert len(out) == 4 and (tmp_path / "marker").exists()  # it did crash, and nothing was lost
         assert all(b.error is None for b in out)
         assert ray.get(pool.actors[0].ping.remote()) != first_pid  # a new process took over
@@ -86,7 +88,6 @@ def test_a_plugin_registered_in_the_driver_reaches_the_reward_workers(local_ray,
     import importlib
 
     from spacevista.actors.setup import registered_plugins
-    from spacevista.configs.schema import PluginConfig, RewardConfig
 
     (tmp_path / "driver_rewards.py").write_text(REGISTERED)
     monkeypatch.syspath_prepend(str(tmp_path))
@@ -94,10 +95,9 @@ def test_a_plugin_registered_in_the_driver_reaches_the_reward_workers(local_ray,
     reward = RewardConfig(plugins=[PluginConfig(spec="length_bonus", weight=1.0)])
     shipped = registered_plugins(reward)
     assert list(shipped) == ["length_bonus"]
-    config = {"plugins": [{"spec": "length_bonus", "weight": 1.0}]}
-    pool = WorkerPool.reward(config, reserve("reward", RoleConfig(count=1, num_cpus=0.25)), "t", shipped)
+    pool = WorkerPool.reward(reward, reserve("reward", RoleConfig(count=1, num_cpus=0.25)), "t", shipped)
     try:
-        out = pool.score(items(2), {"format": 0.2, "scale": 0.3, "accuracy": 0.5})
+        out = pool.score(items(2), WEIGHTS)
         assert [b.components["length_bonus"] for b in out] == [min(1.0, len(c) / 100) for _, c, _, _ in items(2)]
     finally:
         pool.shutdown()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from spacevista.actors.controller import per_scale_means
-from spacevista.configs.schema import RewardWeightsConfig
+from spacevista.configs.schema import RewardWeights
 from spacevista.rewards.stepwise import RewardBreakdown
 
 
@@ -15,14 +15,14 @@ def _breakdown(scale: str, answer: str, value: float) -> RewardBreakdown:
 
 def test_count_component_and_sample_count_do_not_collide():
     rows = per_scale_means([_breakdown("indoor", "count", 0.25), _breakdown("indoor", "count", 0.75),
-                            _breakdown("indoor", "numeric", 1.0)], RewardWeightsConfig())
+                            _breakdown("indoor", "numeric", 1.0)], RewardWeights())
     assert rows["indoor"]["count"] == pytest.approx(0.5)  # the counting tasks' answer component
     assert rows["indoor"]["samples"] == 3
 
 
 def test_accuracy_is_the_mean_over_samples_of_their_answer_component():
     rows = per_scale_means([_breakdown("indoor", "count", 0.0), _breakdown("indoor", "count", 0.0),
-                            _breakdown("indoor", "numeric", 0.9)], RewardWeightsConfig())
+                            _breakdown("indoor", "numeric", 0.9)], RewardWeights())
     assert rows["indoor"]["accuracy"] == pytest.approx(0.3)  # not the mean of per-type means (0.45)
     assert rows["all"]["accuracy"] == pytest.approx(0.3)
 

@@ -3,7 +3,7 @@
 import pytest
 
 from spacevista.configs.loader import compose, to_train_config
-from spacevista.configs.schema import CurriculumConfig, RewardWeightsConfig, StageConfig
+from spacevista.configs.schema import CurriculumConfig, RewardWeights, StageConfig
 from spacevista.curriculum import Curriculum, CurriculumError
 
 
@@ -12,7 +12,7 @@ def two_stage(window: int = 2, max_steps: int | None = None) -> CurriculumConfig
         StageConfig(name="near", scales={"tabletop": 1.0}, min_steps=2, max_steps=max_steps,
                     promote_when={"format": 0.8}),
         StageConfig(name="all", scales={"tabletop": 1.0, "indoor": 1.0},
-                    reward_weights=RewardWeightsConfig(0.1, 0.1, 0.8)),
+                    reward_weights=RewardWeights(0.1, 0.1, 0.8)),
     ])
 
 
@@ -53,7 +53,7 @@ def test_state_dict_round_trip_continues_identically():
 @pytest.mark.parametrize("stage, needle", [
     (StageConfig(name="x", scales={"moon": 1.0}), "unknown scale 'moon'"),
     (StageConfig(name="x", scales={}), "scales is empty"),
-    (StageConfig(name="x", scales={"indoor": 1.0}, reward_weights=RewardWeightsConfig(0, 0, 0)), "reward_weights"),
+    (StageConfig(name="x", scales={"indoor": 1.0}, reward_weights=RewardWeights(0, 0, 0)), "reward_weights"),
     (StageConfig(name="x", scales={"indoor": 1.0}, min_steps=5, max_steps=2), "min_steps"),
 ])
 def test_invalid_stage_is_rejected_naming_stage_and_field(stage, needle):

@@ -132,10 +132,10 @@ def test_learned_routing_without_a_trained_router_is_an_error(tiny_policy_dir, s
     assert "--router label" in capsys.readouterr().err
 
 
-def test_base_policy_runs_every_prompt_through_the_zero_expert(tiny_policy_dir, synth_root, tmp_path):
+def test_base_policy_runs_every_prompt_through_the_base_model(tiny_policy_dir, synth_root, tmp_path):
     rows, summary = _run(tmp_path, "--checkpoint", "none", "--model", str(tiny_policy_dir), "--data", str(synth_root))
     assert len(rows) == 4 and all(r["routed_expert"] is None for r in rows)
-    assert summary["router"] is None and summary["name"] == "base" and summary["run"]["experts"] == ["initial"]
+    assert summary["router"] is None and summary["name"] == "base" and summary["run"]["experts"] == []
 
 
 @pytest.fixture(scope="module")

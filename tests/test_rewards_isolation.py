@@ -5,7 +5,8 @@ import time
 import pytest
 
 from spacevista.rewards.isolation import IsolatedReward
-from spacevista.rewards.pipeline import PluginSpec, RewardConfig, RewardPipeline, plugin_errors
+from spacevista.configs.schema import PluginConfig, RewardConfig
+from spacevista.rewards.pipeline import RewardPipeline, plugin_errors
 
 TRUTH = {"type": "numeric", "value": 1.0, "unit": "m", "choices": [], "scale": "indoor", "task": "object_size"}
 GOOD = "<think>x</think><scale>indoor</scale><answer>1 m</answer>"
@@ -37,7 +38,7 @@ def plugins(tmp_path):
 
 
 def _pipeline(specs, **config) -> RewardPipeline:
-    return RewardPipeline(RewardConfig(plugins=tuple(PluginSpec(s) for s in specs), **config))
+    return RewardPipeline(RewardConfig(plugins=[PluginConfig(s) for s in specs], **config))
 
 
 def test_a_blocking_plugin_times_out_scores_zero_and_the_next_call_works(plugins):
@@ -91,5 +92,5 @@ def test_a_batch_where_a_plugin_mostly_fails_warns_once(plugins, capsys):
 
 
 def test_builtin_rewards_stay_in_process():
-    pipeline = RewardPipeline(RewardConfig(plugins=(PluginSpec("format", name="format_again"),)))
+    pipeline = RewardPipeline(RewardConfig(plugins=[PluginConfig("format", name="format_again")]))
     assert not isinstance(pipeline.plugins[0].call, IsolatedReward)

@@ -12,6 +12,7 @@ import pytest
 from spacevista.configs.checks import ConfigError, check_config
 from spacevista.configs.loader import compose, to_train_config
 from spacevista.rewards.paper import magnitude_reward, semantic_similarities
+from spacevista.configs.schema import PluginConfig, RewardConfig, RewardWeights
 from spacevista.rewards.pipeline import RewardPipeline
 from spacevista.rewards.registry import load_reward
 from spacevista.rewards.truth import parse_ground_truth
@@ -87,18 +88,19 @@ def test_semantic_plugin_reads_its_model_dir_from_the_environment(tiny_encoder_d
 
 
 def test_a_stage_switches_a_plugin_on_by_its_weight():
-    pipeline = RewardPipeline({"plugins": [{"spec": "magnitude", "weight": 0.0}]})
+    pipeline = RewardPipeline(RewardConfig(plugins=[PluginConfig("magnitude", weight=0.0)]))
     item = (numeric(3.0), format_output("measured", "indoor", "30 m"), "s", None)
-    pipeline.set_weights({"format": 0.2, "scale": 0.3, "accuracy": 0.5})
+    weights = RewardWeights(format=0.2, scale=0.3, accuracy=0.5)
+    pipeline.set_weights(weights)
     off = pipeline.score_batch([item])[0]
-    pipeline.set_weights({"format": 0.2, "scale": 0.3, "accuracy": 0.5, "plugins": {"magnitude": 1.0}})
+    pipeline.set_weights(weights, {"magnitude": 1.0})
     on = pipeline.score_batch([item])[0]
     assert off.components["magnitude"] == on.components["magnitude"] == pytest.approx(0.5)
     assert on.total == pytest.approx((off.total * 1.0 + 0.5 * 1.0) / 2.0)
-    pipeline.set_weights({"format": 0.2, "scale": 0.3, "accuracy": 0.5})  # no plugins key: config weights again
+    pipeline.set_weights(weights)  # no stage plugin weights: the config's again
     assert pipeline.score_batch([item])[0].total == pytest.approx(off.total)
     with pytest.raises(ValueError, match="not configured"):
-        pipeline.set_weights({"format": 1.0, "plugins": {"semantic": 1.0}})
+        pipeline.set_weights(RewardWeights(format=1.0), {"semantic": 1.0})
 
 
 def test_ordered_curriculum_adds_format_answer_scale_in_that_order():

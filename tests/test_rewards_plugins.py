@@ -5,7 +5,7 @@ import textwrap
 import pytest
 
 from reward_helpers import GOOD, RECORD
-from spacevista.rewards import (PluginLoadError, PluginSpec, RewardConfig, RewardPipeline, RewardWeights,
+from spacevista.rewards import (PluginConfig, PluginLoadError, RewardConfig, RewardPipeline, RewardWeights,
                                 available_rewards, load_reward, register_reward)
 from spacevista.scales import format_output
 
@@ -110,24 +110,20 @@ def items(*completions, truth=RECORD):
 
 def pipeline_with(fn, weight=1.0, **config):
     register_reward(fn.__name__)(fn)
-    return RewardPipeline(RewardConfig(plugins=(PluginSpec(fn.__name__, weight),), **config))
+    return RewardPipeline(RewardConfig(plugins=[PluginConfig(fn.__name__, weight)], **config))
 
 
 def test_default_pipeline_scores_the_stepwise_reward():
     assert RewardPipeline().score_batch(items(GOOD))[0].components == {"format": 1.0, "scale": 1.0, "numeric": 1.0}
 
 
-def test_pipeline_builds_from_a_plain_dict():
-    pipeline = RewardPipeline({"weights": {"format": 0, "scale": 1, "accuracy": 0}, "neighbour_scale_credit": 0.5,
-                               "plugins": ["spacevista.rewards.registry:format_score",
-                                           {"spec": "format", "name": "format_bonus", "weight": 2.0}]})
+def test_pipeline_builds_from_the_reward_config():
+    pipeline = RewardPipeline(RewardConfig(
+        weights=RewardWeights(format=0, scale=1, accuracy=0), neighbour_scale_credit=0.5,
+        plugins=[PluginConfig("spacevista.rewards.registry:format_score"),
+                 PluginConfig("format", weight=2.0, name="format_bonus")]))
     breakdown = pipeline.score_batch(items(format_output("a", "outdoor", "3.2 m")))[0]
     assert breakdown.total == pytest.approx((1 * 0.5 + 1 * 1.0 + 2 * 1.0) / 4)
-
-
-def test_pipeline_config_rejects_unknown_keys():
-    with pytest.raises(ValueError, match=r"unknown reward config keys \['wieghts'\]"):
-        RewardPipeline({"wieghts": {}})
 
 
 def test_plugin_score_is_an_extra_component_added_with_its_weight():
@@ -180,22 +176,22 @@ def test_raising_plugin_is_isolated_and_the_batch_goes_on():
 
 def test_plugin_name_may_not_shadow_a_stepwise_component():
     with pytest.raises(ValueError, match="component name 'format' is taken"):
-        RewardPipeline(RewardConfig(plugins=(PluginSpec("format"),)))
+        RewardPipeline(RewardConfig(plugins=[PluginConfig("format")]))
 
 
 def test_plugin_can_be_renamed_to_avoid_a_clash():
-    pipeline = RewardPipeline(RewardConfig(plugins=(PluginSpec("format", name="format_again"),)))
+    pipeline = RewardPipeline(RewardConfig(plugins=[PluginConfig("format", name="format_again")]))
     assert pipeline.score_batch(items(GOOD))[0].components["format_again"] == 1.0
 
 
 def test_a_named_reward_can_replace_stepwise():
-    breakdown = RewardPipeline(RewardConfig(reward="format")).score_batch(items(GOOD + " bye"))[0]
+    breakdown = RewardPipeline(main="format").score_batch(items(GOOD + " bye"))[0]
     assert (breakdown.total, breakdown.components) == (0.0, {"format": 0.0})
 
 
 def test_set_weights_applies_to_the_next_batch():
     pipeline = RewardPipeline()
-    pipeline.set_weights({"format": 1.0, "scale": 0.0, "accuracy": 0.0})
+    pipeline.set_weights(RewardWeights(format=1.0, scale=0.0, accuracy=0.0))
     assert pipeline.score_batch(items(format_output("a", "drone", "9 m")))[0].total == 1.0
 
 

@@ -70,8 +70,8 @@ def test_any_ground_truth_parses_or_raises_ground_truth_error(raw):
 @pytest.mark.parametrize("weights", [{"format": -0.1}, {"scale": float("nan")},
                                      {"format": 0, "scale": 0, "accuracy": 0}])
 def test_invalid_weights_are_refused(weights):
-    with pytest.raises(ValueError):
-        RewardWeights(**weights)
+    with pytest.raises(ValueError, match="weights"):
+        StepwiseReward(RewardWeights(**weights))
 
 
 # ---- stepwise -----------------------------------------------------------------------------------

@@ -71,6 +71,13 @@ def test_base_expert_is_the_model_without_adapters(engine, tiny_policy_dir):
     assert got.response_ids == ref.tolist()[:len(got.response_ids)]
 
 
+def test_an_engine_of_no_experts_serves_the_base_model(engine, tiny_policy_dir):
+    """The base policy's engine (`eval run --checkpoint none`): no experts, every request names BASE_EXPERT."""
+    base = make_engine(RolloutConfig(), str(tiny_policy_dir), ModelConfig(experts=[], lora=LORA))
+    request = text_request(0, BASE_EXPERT)
+    assert base.generate([request], GREEDY)[0].response_ids == engine.generate([request], GREEDY)[0].response_ids
+
+
 def test_unknown_expert_is_rejected_naming_the_request(engine):
     with pytest.raises(KeyError, match="text-3.*underwater"):
         engine.generate([text_request(3, "underwater")], GREEDY)

@@ -31,13 +31,12 @@ from spacevista.actors.pool import WorkerPool
 from spacevista.actors.recovery import FAULTS, Recovery, RoleFailure
 from spacevista.actors.report import TrainResult, finish
 from spacevista.actors.workers import RolloutItem
-from spacevista.actors.setup import (PreparedRun, prepare_run, registered_plugins, reward_config_dict, start_ray,
-                                     stage_reward_weights, validate_config)
+from spacevista.actors.setup import PreparedRun, prepare_run, registered_plugins, start_ray, validate_config
 from spacevista.cluster.metrics import RayMetrics
 from spacevista.cluster.plan import check_before_training
 from spacevista.cluster.resources import check_cluster, reserve
 from spacevista.configs.experts import expert_map, expert_of
-from spacevista.configs.schema import RewardWeightsConfig, StageConfig, TrainConfig
+from spacevista.configs.schema import RewardWeights, StageConfig, TrainConfig
 from spacevista.curriculum import Curriculum
 from spacevista.data.schema import Record
 from spacevista.policies.batch import TrainSample
@@ -68,7 +67,7 @@ def score_items(records: list[Record], completions: list[Completion], n: int) ->
             for i, c in enumerate(completions)]
 
 
-def per_scale_means(breakdowns: list[RewardBreakdown], fixed: RewardWeightsConfig) -> dict[str, dict[str, float]]:
+def per_scale_means(breakdowns: list[RewardBreakdown], fixed: RewardWeights) -> dict[str, dict[str, float]]:
     """{scale: {component: mean, "accuracy", "total", "fixed_total", "samples"}} (+ "all").
 
     `accuracy` is the mean over samples of each sample's answer component (numeric, choice, count or
@@ -176,9 +175,10 @@ def _train(cfg: TrainConfig, run_dir: Path, prep: PreparedRun, config_dict: dict
             _sft_warmup(cfg, prep, learners)
 
         policy_path = learners.export_policy(run_dir / "policy") or prep.model_path
-        rollout = WorkerPool.rollout(cfg, str(policy_path), reserve("rollout", cfg.cluster.rollout), run_name)
+        rollout = WorkerPool.rollout(str(policy_path), cfg.model, cfg.rollout, reserve("rollout", cfg.cluster.rollout),
+                                     run_name, cfg.cluster)
         roles.callback(rollout.shutdown)
-        reward = WorkerPool.reward(reward_config_dict(cfg.reward), reserve("reward", cfg.cluster.reward), run_name,
+        reward = WorkerPool.reward(cfg.reward, reserve("reward", cfg.cluster.reward), run_name,
                                    registered_plugins(cfg.reward), cfg.cluster)
         roles.callback(reward.shutdown)
         expert_refs = learners.expert_refs(version=start_step)  # what rollout workers must serve now
@@ -200,7 +200,7 @@ def _train(cfg: TrainConfig, run_dir: Path, prep: PreparedRun, config_dict: dict
             stage, records, items = current.stage, current.records, current.items
             completions = current.completions if current.completions is not None else rollout.gather(current.refs)
             t_gen = time.perf_counter()
-            breakdowns = reward.score(score_items(records, completions, n), stage_reward_weights(stage))
+            breakdowns = reward.score(score_items(records, completions, n), stage.reward_weights, stage.plugin_weights)
             t_rew = time.perf_counter()
             if cfg.async_rollout:  # generate step k+1 with the weights before update k (after the last step too:
                 # it is kept with the final checkpoint, so a later `resume` with more steps continues exactly)
@@ -312,7 +312,7 @@ class _Evaluator:
             picked = [i for s in expert_map(cfg.model.experts, cfg.model.expert_of_scale)
                       for i in [j for j, sc in enumerate(test.scales) if sc == s][:cfg.eval_prompts_per_scale]]
             self.records = test.take(picked)
-        self.weights = {**dataclasses.asdict(cfg.reward.weights), "gate_scale": False}
+        self.weights = dataclasses.replace(cfg.reward.weights, gate_scale=False)
 
     def __call__(self, step: int, expert_refs: dict) -> dict[str, dict[str, float]]:
         params = SamplingParams(n=1, temperature=0.0, max_tokens=self.cfg.rollout.max_tokens)

@@ -12,7 +12,8 @@ from ray.util.placement_group import remove_placement_group
 from spacevista.actors.recovery import wait
 from spacevista.actors.workers import RewardWorker, RolloutWorker
 from spacevista.cluster.resources import RoleGroup
-from spacevista.configs.schema import ClusterConfig, RoleConfig, TrainConfig
+from spacevista.configs.schema import (ClusterConfig, ModelConfig, RewardConfig, RewardWeights, RoleConfig,
+                                       RolloutConfig)
 
 
 def actor_options(group: RoleGroup, index: int, run_name: str) -> dict[str, Any]:
@@ -53,13 +54,16 @@ class WorkerPool:
             raise
 
     @classmethod
-    def rollout(cls, cfg: TrainConfig, model_path: str, group: RoleGroup, run_name: str) -> WorkerPool:
-        actors = [RolloutWorker.options(**actor_options(group, i, run_name)).remote(model_path, cfg.model, cfg.rollout)
+    def rollout(cls, model_path: str, model: ModelConfig, rollout: RolloutConfig, group: RoleGroup, run_name: str,
+                cluster: ClusterConfig | None = None) -> WorkerPool:
+        """Rollout workers serving `model.experts` of the policy at `model_path` (training's, and evaluation's)."""
+        actors = [RolloutWorker.options(**actor_options(group, i, run_name)).remote(model_path, model, rollout)
                   for i in range(group.config.count)]
-        return cls("rollout", actors, group, cfg.cluster.call_timeout_s, cfg.cluster.start_timeout_s)
+        cluster = cluster or ClusterConfig()
+        return cls("rollout", actors, group, cluster.call_timeout_s, cluster.start_timeout_s)
 
     @classmethod
-    def reward(cls, reward_config: dict[str, Any], group: RoleGroup, run_name: str,
+    def reward(cls, reward_config: RewardConfig, group: RoleGroup, run_name: str,
                registered: dict[str, Any] | None = None, cluster: ClusterConfig | None = None) -> WorkerPool:
         actors = [RewardWorker.options(**actor_options(group, i, run_name)).remote(reward_config, registered)
                   for i in range(group.config.count)]
@@ -90,8 +94,10 @@ class WorkerPool:
         """Refs of the items' encoded prompts, in order."""
         return self._fan_out("encode", items)
 
-    def score(self, items: Sequence[Any], weights: dict[str, Any]) -> list[Any]:
-        return self._fan_out("score", items, weights)
+    def score(self, items: Sequence[Any], weights: RewardWeights,
+              plugin_weights: dict[str, float] | None = None) -> list[Any]:
+        """Reward breakdowns, in order, with these stepwise weights (and the stage's plugin weights)."""
+        return self._fan_out("score", items, weights, plugin_weights)
 
     def shutdown(self) -> None:
         for a in self.actors:

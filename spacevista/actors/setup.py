@@ -19,7 +19,7 @@ import ray
 from spacevista.atomic_dir import build_once
 from spacevista.cluster.submit import protect_token_file
 from spacevista.configs.checks import ConfigError, rule_problems, value_problems
-from spacevista.configs.schema import ClusterConfig, RewardConfig, StageConfig, TrainConfig
+from spacevista.configs.schema import ClusterConfig, RewardConfig, TrainConfig
 from spacevista.data.io import RecordDataset
 from spacevista.data.sampler import ScaleSampler
 
@@ -52,12 +52,13 @@ def _plugin_problems(cfg: TrainConfig, names: list[str]) -> list[str]:
         if not plugin.spec.strip():
             continue  # configs.checks names it
         try:
-            names.append(load_reward(plugin.spec)[0])
+            registered_name = load_reward(plugin.spec)[0]
+            names.append(plugin.name or registered_name)  # the component's name
         except Exception as err:  # PluginLoadError, or anything a plugin module raises on import
             problems.append(f"reward.plugins[{i}].spec={plugin.spec!r}: {err}")
     if not problems and names:
         try:
-            RewardPipeline({**reward_config_dict(cfg.reward), "isolate_plugins": False})
+            RewardPipeline(dataclasses.replace(cfg.reward, isolate_plugins=False))
         except Exception as err:
             problems.append(f"reward.plugins: {err}")
     return problems
@@ -196,17 +197,6 @@ def loopback_node_ip() -> Iterator[None]:
             os.environ[key] = saved_env
 
 
-def reward_config_dict(reward: RewardConfig) -> dict[str, Any]:
-    """Our config group -> the reward pipeline's plain-data config."""
-    return {
-        "weights": {**dataclasses.asdict(reward.weights), "gate_scale": reward.scale_gate},
-        "neighbour_scale_credit": reward.neighbour_scale_credit,
-        "plugins": [{"spec": p.spec, "weight": p.weight} for p in reward.plugins],
-        "plugin_timeout_s": reward.plugin_timeout_s,
-        "plugin_output_bytes": reward.plugin_output_bytes,
-    }
-
-
 def registered_plugins(reward: RewardConfig) -> dict[str, Any]:
     """{name: function} of the configured plugins registered in THIS process with `@register_reward`:
     a Ray reward worker is another process, which never ran the decorator, so the functions travel
@@ -227,8 +217,3 @@ def registered_plugins(reward: RewardConfig) -> dict[str, Any]:
             cloudpickle.register_pickle_by_value(module)  # the worker may not be able to import it
         shipped[plugin.spec] = fn
     return shipped
-
-
-def stage_reward_weights(stage: StageConfig) -> dict[str, Any]:
-    plugins = {"plugins": dict(stage.plugin_weights)} if stage.plugin_weights else {}
-    return {**dataclasses.asdict(stage.reward_weights), "gate_scale": stage.scale_gate, **plugins}

@@ -17,7 +17,7 @@ import ray
 import torch
 
 from spacevista.configs.dense import DENSE_WEIGHTS
-from spacevista.configs.schema import ModelConfig, RolloutConfig
+from spacevista.configs.schema import ModelConfig, RewardConfig, RewardWeights, RolloutConfig
 from spacevista.data.frames import load_images, load_video
 from spacevista.data.schema import Record
 from spacevista.rollout.engine import Completion, GenerationRequest
@@ -114,7 +114,7 @@ class RolloutWorker:
 class RewardWorker:
     """Holds the reward pipeline (stepwise reward + plugins); stateless between calls."""
 
-    def __init__(self, reward_config: dict[str, Any], registered: dict[str, Any] | None = None):
+    def __init__(self, reward_config: RewardConfig, registered: dict[str, Any] | None = None):
         from spacevista.rewards.pipeline import RewardPipeline
         from spacevista.rewards.registry import register_reward
 
@@ -122,9 +122,12 @@ class RewardWorker:
             register_reward(name)(fn)
         self.pipeline = RewardPipeline(reward_config)  # a plugin that fails to import fails here, at start
 
-    def score(self, items: list, weights: Any = None) -> list:
+    def score(self, items: list, weights: RewardWeights | None = None,
+              plugin_weights: dict[str, float] | None = None) -> list:
+        """Breakdowns of `items`, with the stage's `weights` and `plugin_weights` when given (see
+        `RewardPipeline.set_weights`)."""
         if weights is not None:
-            self.pipeline.set_weights(weights)
+            self.pipeline.set_weights(weights, plugin_weights)
         return self.pipeline.score_batch(items)
 
     def ping(self) -> int:

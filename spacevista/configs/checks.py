@@ -18,7 +18,7 @@ from typing import Any
 
 from spacevista.configs.dense import dense_problems
 from spacevista.configs.experts import expert_map, layout_problems
-from spacevista.configs.schema import TrainConfig
+from spacevista.configs.schema import RewardWeights, TrainConfig
 from spacevista.scales import SCALES, AnswerType
 
 # What a stage's `promote_when` may name: the per-scale means the controller hands the curriculum
@@ -129,7 +129,7 @@ def rule_problems(cfg: TrainConfig, plugin_names: Iterable[str] = ()) -> list[st
     problems = []
     problems += layout_problems(cfg.model.experts, cfg.model.expert_of_scale)
     problems += dense_problems(cfg.model.dense)
-    problems += _weights_problems("reward.weights", cfg.reward.weights)
+    problems += _zero_weights("reward.weights", cfg.reward.weights)
     problems += _curriculum_problems(cfg, set(PROMOTION_METRICS) | set(plugin_names))
     world = cfg.cluster.learner.count
     per_step = cfg.rollout.prompts_per_step * cfg.rollout.n
@@ -172,11 +172,15 @@ def rule_problems(cfg: TrainConfig, plugin_names: Iterable[str] = ()) -> list[st
     return problems
 
 
-def _weights_problems(key: str, weights: Any) -> list[str]:
-    values = dataclasses.asdict(weights)
-    if any(not math.isfinite(v) or v < 0 for v in values.values()):
+def weights_problems(key: str, weights: RewardWeights) -> list[str]:
+    """Why stepwise reward weights cannot be used (each a finite number >= 0, not all 0), naming `key`."""
+    return value_problems(weights, key) + _zero_weights(key, weights)
+
+
+def _zero_weights(key: str, weights: RewardWeights) -> list[str]:
+    if value_problems(weights, key):
         return []  # value_problems names the key
-    return [] if sum(values.values()) > 0 else [f"{key}: weights must not all be 0"]
+    return [] if weights.total_weight > 0 else [f"{key}: weights must not all be 0"]
 
 
 def _curriculum_problems(cfg: TrainConfig, metrics: set[str]) -> list[str]:
@@ -195,7 +199,7 @@ def _curriculum_problems(cfg: TrainConfig, metrics: set[str]) -> list[str]:
         missing = [s for s, w in stage.scales.items() if s in SCALES and w > 0 and s not in served]
         if missing:
             problems.append(f"{key}.scales: {missing} have no expert in model.experts (or model.expert_of_scale)")
-        problems += _weights_problems(f"{key}.reward_weights", stage.reward_weights)
+        problems += _zero_weights(f"{key}.reward_weights", stage.reward_weights)
         if stage.max_steps is not None and stage.max_steps < max(1, stage.min_steps):
             problems.append(f"{key}.max_steps={stage.max_steps}: must be >= max(1, min_steps={stage.min_steps})")
         problems += _stage_plugin_problems(key, stage.plugin_weights, _plugin_names(cfg, metrics))
@@ -209,7 +213,7 @@ def _curriculum_problems(cfg: TrainConfig, metrics: set[str]) -> list[str]:
 
 def _plugin_names(cfg: TrainConfig, known: set[str]) -> set[str]:
     """Component names of the configured plugins: a registered name, or a spec's function name."""
-    return {p.spec.rpartition(":")[2] for p in cfg.reward.plugins} | (known - set(PROMOTION_METRICS))
+    return {p.name or p.spec.rpartition(":")[2] for p in cfg.reward.plugins} | (known - set(PROMOTION_METRICS))
 
 
 def _stage_plugin_problems(key: str, weights: Mapping[str, float], plugins: set[str]) -> list[str]:

@@ -79,26 +79,40 @@ class RolloutConfig:
 
 
 @dataclass
-class RewardWeightsConfig:
+class RewardWeights:
+    """The stepwise reward's component weights (normalised by their sum) and gates: `reward.weights` (the
+    fixed ones, also what `compute_score` and `rewards score` use) and each curriculum stage's
+    `reward_weights`. `configs.checks.weights_problems` says what is wrong with a set."""
+
     format: float = limits(0.2, ge=0.0)
     scale: float = limits(0.3, ge=0.0)
     accuracy: float = limits(0.5, ge=0.0)
+    gate_format: bool = True  # the answer scores only when the format is valid
+    gate_scale: bool = False  # "scale before answer": the answer scores only when the scale is right
+
+    @property
+    def total_weight(self) -> float:
+        return self.format + self.scale + self.accuracy
 
 
 @dataclass
 class PluginConfig:
     spec: str = ""  # registered name, `module:function`, or `path/to/file.py:function`
     weight: float = limits(1.0, ge=0.0)
+    name: Optional[str] = None  # its component name; None: the registered name or the function's name
 
 
 @dataclass
 class RewardConfig:
-    weights: RewardWeightsConfig = field(default_factory=RewardWeightsConfig)
-    scale_gate: bool = False  # accuracy credit only when the predicted scale is right
+    """What a reward pipeline (`rewards.pipeline.RewardPipeline`) is built from."""
+
+    weights: RewardWeights = field(default_factory=RewardWeights)
     neighbour_scale_credit: float = limits(0.0, ge=0.0, le=1.0)
     plugins: list[PluginConfig] = field(default_factory=list)
     plugin_timeout_s: float = limits(10.0, gt=0.0)  # a plugin call past this scores 0 and is counted
     plugin_output_bytes: int = limits(4096, ge=0)  # a plugin's captured stdout/stderr kept per call
+    isolate_plugins: bool = True  # False: call plugins in the reward worker's process (trusted code; no deadline)
+    warn_error_rate: float = limits(0.5, ge=0.0, le=1.0)  # warn when a plugin fails on more of a batch than this
 
 
 @dataclass
@@ -127,8 +141,7 @@ class LearnerConfig:
 class StageConfig:
     name: str = "stage"
     scales: dict[str, float] = field(default_factory=dict)  # active scale -> sampling weight
-    reward_weights: RewardWeightsConfig = field(default_factory=RewardWeightsConfig)
-    scale_gate: bool = False
+    reward_weights: RewardWeights = field(default_factory=RewardWeights)
     min_steps: int = limits(1, ge=0)
     max_steps: Optional[int] = None  # promote after this many steps even if metrics lag
     promote_when: dict[str, float] = field(default_factory=dict)  # component -> threshold per active scale

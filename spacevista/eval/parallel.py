@@ -1,8 +1,9 @@
-"""Evaluation generation on several Ray rollout workers (the training's `RolloutWorker` actors).
+"""Evaluation generation on several Ray rollout workers: training's `WorkerPool` of `RolloutWorker`s.
 
-Each `generate` call splits its requests evenly over the workers, in order; every worker applies the
-checkpoint's expert weights before its first batch. Ray is started locally unless this process is
-already connected to a cluster, and stopped again by `close` if it was started here.
+The pool splits each `generate` call's requests evenly over the workers, in order, and gathers them
+within the cluster's call deadline, naming a lost worker; every worker applies the checkpoint's expert
+weights before its first batch. Ray is started locally unless this process is already connected to a
+cluster, and stopped again by `close` if it was started here.
 """
 
 from __future__ import annotations
@@ -14,34 +15,51 @@ from pathlib import Path
 import ray
 import torch
 
-from spacevista.actors.pool import split_even
+from spacevista.actors.pool import WorkerPool
 from spacevista.actors.setup import start_ray
-from spacevista.actors.workers import RolloutWorker
-from spacevista.configs.schema import ClusterConfig, ModelConfig, RolloutConfig
+from spacevista.cluster.resources import ResourceError, reserve
+from spacevista.configs.schema import ClusterConfig, ModelConfig, RoleConfig, RolloutConfig
+from spacevista.eval.policy import EvalError
 from spacevista.rollout.engine import Completion, GenerationRequest, SamplingParams
 
 WEIGHTS_VERSION = 1  # workers start at version 0 (fresh experts) and take the checkpoint's as version 1
 
 
 class RayRollout:
-    """`workers` rollout actors serving the same experts."""
+    """`workers` rollout actors serving the same experts, one CPU (and a share of the GPUs) each."""
 
-    def __init__(self, workers: int, model_path: Path, model: ModelConfig, rollout: RolloutConfig,
-                 weights: Mapping[str, Mapping[str, torch.Tensor]]):
-        self._owns_ray = start_ray(ClusterConfig(), Path.cwd())
-        gpus = min(1.0, torch.cuda.device_count() / workers)
-        self.actors = [RolloutWorker.options(name=f"eval-rollout-{os.getpid()}-{i}", num_cpus=1, num_gpus=gpus)
-                       .remote(str(model_path), model, rollout) for i in range(workers)]
+    def __init__(
+        self,
+        workers: int,
+        model_path: Path,
+        model: ModelConfig,
+        rollout: RolloutConfig,
+        weights: Mapping[str, Mapping[str, torch.Tensor]],
+    ) -> None:
+        cluster = ClusterConfig()
+        self._owns_ray = start_ray(cluster, Path.cwd())
+        role = RoleConfig(count=workers, num_cpus=1.0, num_gpus=min(1.0, torch.cuda.device_count() / workers))
+        try:
+            self.pool = WorkerPool.rollout(
+                str(model_path), model, rollout, reserve("rollout", role), f"eval-{os.getpid()}", cluster
+            )
+        except ResourceError as err:
+            self._stop_ray()
+            raise EvalError(f"--workers {workers}: {err}") from None
+        except BaseException:
+            self._stop_ray()
+            raise
         self.experts = {e: (WEIGHTS_VERSION, ray.put(dict(sd))) for e, sd in weights.items()}
 
     def generate(self, requests: Sequence[GenerationRequest], params: SamplingParams) -> list[Completion]:
-        chunks = [c for c in split_even(list(requests), len(self.actors)) if c]
-        refs = [actor.generate.remote(chunk, params, WEIGHTS_VERSION, self.experts)
-                for actor, chunk in zip(self.actors, chunks)]
-        return [c for part in ray.get(refs) for c in part]
+        return self.pool.generate(list(requests), params, WEIGHTS_VERSION, self.experts, prompts="drop")
 
     def close(self) -> None:
-        for actor in self.actors:
-            ray.kill(actor, no_restart=True)
+        try:
+            self.pool.shutdown()
+        finally:
+            self._stop_ray()
+
+    def _stop_ray(self) -> None:
         if self._owns_ray:
             ray.shutdown()

@@ -4,8 +4,8 @@ A checkpoint `step_N/` (policies/checkpoint.py, checkpointing.py) holds one peft
 per expert, `router.safetensors` (the learned router), `base/` when full-parameter SFT
 trained the base model, and the `COMPLETE` marker. The base model the experts adapt is, first found:
 `--model`, `step_N/base/`, the marker's `model_path`. The base policy baseline (`--checkpoint none`)
-has one expert, ZERO_EXPERT, fresh (LoRA B = 0), so it runs the engines' expert path and equals the
-base model exactly. A checkpoint trained with the dense branch holds `dense_fusion.safetensors`: its fusion,
+has no experts: every prompt goes to the engines' `BASE_EXPERT` (the base model, no adapter). A
+checkpoint trained with the dense branch holds `dense_fusion.safetensors`: its fusion,
 and in its metadata the branch's config, so evaluation rebuilds the same branch (encoder included).
 """
 
@@ -30,7 +30,6 @@ from spacevista.policies.experts import ExpertLoRAConfig
 from spacevista.policies.router import RouterConfig, ScaleRouter
 from spacevista.scales import SCALES
 
-ZERO_EXPERT = "initial"
 ADAPTER_CONFIG = "adapter_config.json"
 
 
@@ -40,8 +39,8 @@ class EvalError(Exception):
 
 @dataclass
 class EvalPolicy:
-    """The policy to evaluate: `weights` are the trained experts' adapters (peft saved format);
-    `router` is the checkpoint's learned router, None when it has no trained one."""
+    """The policy to evaluate: `weights` are the trained experts' adapters (peft saved format), none for
+    the base policy; `router` is the checkpoint's learned router, None when it has no trained one."""
 
     name: str
     model_path: Path
@@ -57,8 +56,8 @@ class EvalPolicy:
 
 
 def base_policy(model_path: str | Path) -> EvalPolicy:
-    """The initial policy: the base model behind one fresh (all-zero) expert."""
-    return EvalPolicy("base", _model_dir(Path(model_path), "--model"), [ZERO_EXPERT])
+    """The initial policy: the base model alone (no experts; its requests name `BASE_EXPERT`)."""
+    return EvalPolicy("base", _model_dir(Path(model_path), "--model"), [])
 
 
 def load_policy_from_checkpoint(path: str | Path, model_path: str | Path | None = None) -> EvalPolicy:

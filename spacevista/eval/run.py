@@ -1,7 +1,7 @@
 """`eval run`: generate answers for benchmark records with a checkpoint's experts, then score them.
 
 Top to bottom: read records -> per batch: decode frames, route each prompt to an expert (learned
-router, the record's label, or the base policy's zero expert) -> generate (greedy by default) ->
+router, the record's label, or the base model: `BASE_EXPERT`) -> generate (greedy by default) ->
 EvalSample per record. One in-process engine by default; `workers > 1` fans batches out to Ray
 rollout workers (eval/parallel.py). Scoring (eval/scoring.py) never sees torch or Ray.
 """
@@ -30,10 +30,10 @@ from spacevista.data.convert import (
 from spacevista.data.frames import load_images, load_video
 from spacevista.data.io import iter_records
 from spacevista.data.schema import Record
-from spacevista.eval.policy import ZERO_EXPERT, EvalError, EvalPolicy
+from spacevista.eval.policy import EvalError, EvalPolicy
 from spacevista.eval.scoring import EvalSample
 from spacevista.rewards.truth import parse_ground_truth
-from spacevista.rollout.engine import Completion, GenerationRequest, SamplingParams
+from spacevista.rollout.engine import BASE_EXPERT, Completion, GenerationRequest, SamplingParams
 
 ROUTINGS = ("learned", "label", "none")
 DEFAULT_MAX_MODEL_LEN = 8192
@@ -41,7 +41,7 @@ DEFAULT_MAX_MODEL_LEN = 8192
 
 @dataclass(frozen=True)
 class RunOptions:
-    routing: str = "learned"  # learned | label | none (the base policy: every prompt to ZERO_EXPERT)
+    routing: str = "learned"  # learned | label | none (the base policy: every prompt to BASE_EXPERT)
     engine: str = "hf"  # hf | vllm
     max_tokens: int = 512
     temperature: float = 0.0  # 0: greedy
@@ -131,7 +131,7 @@ def _chunks(records: Sequence[Record], size: int) -> Iterator[Sequence[Record]]:
 
 def _request(record: Record) -> GenerationRequest:
     """The record's prompt and decoded frames; the expert is set by routing."""
-    return GenerationRequest(request_id=record.id, messages=list(record.prompt), expert=ZERO_EXPERT,
+    return GenerationRequest(request_id=record.id, messages=list(record.prompt), expert=BASE_EXPERT,
                              images=load_images(record),
                              videos=[load_video(record, v) for v in range(len(record.videos))])
 
@@ -150,7 +150,7 @@ def _sample(record: Record, completion: Completion, routing: str) -> EvalSample:
 def _route(records: Sequence[Record], requests: Sequence[GenerationRequest], policy: EvalPolicy, routing: str,
            features: _FeatureModel | None) -> list[str]:
     if routing == "none":
-        return [ZERO_EXPERT] * len(records)
+        return [BASE_EXPERT] * len(records)
     if routing == "label":  # the expert training routed the record's scale to (configs.experts)
         served = policy.expert_of_scale or {e: e for e in policy.experts}
         missing = [r for r in records if served.get(r.scale) not in policy.experts]

@@ -5,10 +5,12 @@ stepwise combiner, plugins and batch scoring. Pure Python: no torch, no ray.
 `custom_reward_function.name=compute_score`.
 """
 
-# Absolute imports: verl may also load this file by path, outside its package.
+# Absolute imports: verl may also load this file by path, outside its package. The reward config types live
+# with the training config (configs/schema.py) and are re-exported here.
+from spacevista.configs.schema import PluginConfig, RewardConfig, RewardWeights
 from spacevista.rewards.components import MRA_THRESHOLDS, mean_relative_accuracy
 from spacevista.rewards.parse import NoAnswer, ParsedCompletion, parse_completion
-from spacevista.rewards.pipeline import PluginSpec, RewardConfig, RewardPipeline
+from spacevista.rewards.pipeline import RewardPipeline
 from spacevista.rewards.registry import (
                                          PluginLoadError,
                                          available_rewards,
@@ -18,7 +20,6 @@ from spacevista.rewards.registry import (
 )
 from spacevista.rewards.stepwise import (
                                          RewardBreakdown,
-                                         RewardWeights,
                                          StepwiseReward,
                                          aggregate_breakdowns,
                                          compute_score,
@@ -27,7 +28,7 @@ from spacevista.rewards.truth import GroundTruth, GroundTruthError, parse_ground
 
 __all__ = [
     "MRA_THRESHOLDS", "GroundTruth", "GroundTruthError", "NoAnswer", "ParsedCompletion", "PluginLoadError",
-    "PluginSpec", "RewardBreakdown", "RewardConfig", "RewardPipeline", "RewardWeights", "StepwiseReward",
+    "PluginConfig", "RewardBreakdown", "RewardConfig", "RewardPipeline", "RewardWeights", "StepwiseReward",
     "aggregate_breakdowns", "available_rewards", "call_reward", "compute_score", "load_reward",
     "mean_relative_accuracy", "parse_completion", "parse_ground_truth", "register_reward",
 ]

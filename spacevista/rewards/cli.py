@@ -13,12 +13,8 @@ from typing import IO, Any
 from rich.console import Console
 from rich.table import Table
 
-from spacevista.rewards.pipeline import (
-    STEPWISE,
-    PluginSpec,
-    RewardConfig,
-    RewardPipeline,
-)
+from spacevista.configs.schema import PluginConfig, RewardConfig
+from spacevista.rewards.pipeline import STEPWISE, RewardPipeline
 from spacevista.rewards.registry import PluginLoadError, available_rewards
 from spacevista.rewards.stepwise import (
     RewardBreakdown,
@@ -76,7 +72,7 @@ def score_file(args: argparse.Namespace) -> int:
         errors.print(f"error: no file {args.file}")
         return 2
     try:
-        pipeline = RewardPipeline(RewardConfig(reward=args.reward, plugins=tuple(PluginSpec(s) for s in args.plugin)))
+        pipeline = RewardPipeline(RewardConfig(plugins=[PluginConfig(s) for s in args.plugin]), main=args.reward)
     except (PluginLoadError, ValueError) as err:
         errors.print(f"error: {err}")
         return 2

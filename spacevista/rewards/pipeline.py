@@ -1,4 +1,5 @@
-"""Batch scoring: the main reward (stepwise by default) plus weighted plugins, configured by data.
+"""Batch scoring: the main reward (stepwise by default) plus weighted plugins, configured by the
+training config's `RewardConfig` (configs/schema.py, the one home of every reward key).
 
 total = (W * main + sum_p w_p * plugin_p) / (W + sum_p w_p), where `main` is the stepwise total (or
 the named reward's score) and W the sum of the stepwise weights (1 for a named reward).
@@ -14,16 +15,16 @@ import math
 import sys
 from collections import Counter
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass
 from typing import Any
 
-from spacevista.rewards.components import COUNT_EXACT_MAX
+from spacevista.configs.schema import PluginConfig, RewardConfig, RewardWeights
 from spacevista.rewards.isolation import IsolatedReward, PluginResult
 from spacevista.rewards.registry import call_reward, load_reward
 from spacevista.rewards.stepwise import (
     RewardBreakdown,
-    RewardWeights,
     StepwiseReward,
+    check_weights,
     error_breakdown,
 )
 from spacevista.rewards.truth import GroundTruth, GroundTruthError, parse_ground_truth
@@ -35,45 +36,6 @@ RESERVED_NAMES = frozenset({"format", "scale", *(t.value for t in AnswerType)})
 
 # (ground truth in any shape parse_ground_truth accepts, completion, data_source, extra_info)
 ScoreItem = tuple[Any, str, str, dict[str, Any] | None]
-
-
-@dataclass(frozen=True)
-class PluginSpec:
-    """A plugin reward: `spec` as load_reward takes it, its weight in the total, and its component
-    name (default: the registered name or the function's name)."""
-
-    spec: str
-    weight: float = 1.0
-    name: str | None = None
-
-
-@dataclass(frozen=True)
-class RewardConfig:
-    """What a RewardPipeline is built from."""
-
-    reward: str = STEPWISE  # "stepwise", or any reward spec scored alone
-    weights: RewardWeights = field(default_factory=RewardWeights)
-    neighbour_scale_credit: float = 0.0
-    count_exact_max: int = COUNT_EXACT_MAX
-    plugins: tuple[PluginSpec, ...] = ()
-    plugin_timeout_s: float = 10.0  # deadline of one plugin call
-    plugin_output_bytes: int = 4096  # captured stdout/stderr kept per call (printed when the call fails)
-    isolate_plugins: bool = True  # False: call plugins in this process (trusted code; no deadline)
-    warn_error_rate: float = 0.5  # warn on stderr when a plugin fails on more of a batch than this
-
-    @classmethod
-    def from_dict(cls, raw: Mapping[str, Any]) -> RewardConfig:
-        """From plain data: `weights` a mapping of RewardWeights fields, `plugins` a list of spec
-        strings or PluginSpec mappings. Unknown keys raise ValueError naming them."""
-        unknown = set(raw) - {f.name for f in fields(cls)}
-        if unknown:
-            raise ValueError(f"unknown reward config keys {sorted(unknown)}")
-        values = dict(raw)
-        if isinstance(values.get("weights"), Mapping):
-            values["weights"] = RewardWeights(**values["weights"])
-        values["plugins"] = tuple(PluginSpec(p) if isinstance(p, str) else p if isinstance(p, PluginSpec)
-                                  else PluginSpec(**p) for p in values.get("plugins", ()))
-        return cls(**values)
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,14 +67,14 @@ class RewardPipeline:
     construction (a bad spec raises PluginLoadError); a plugin failing on a sample (error, timeout,
     exit) scores 0 there, sets the breakdown's `error` and is counted in `error_counts`."""
 
-    def __init__(self, config: RewardConfig | Mapping[str, Any] = RewardConfig()) -> None:
-        if not isinstance(config, RewardConfig):
-            config = RewardConfig.from_dict(config)
+    def __init__(self, config: RewardConfig | None = None, main: str = STEPWISE) -> None:
+        """`main`: "stepwise", or a reward spec scored alone in its place (`rewards score --reward`)."""
+        config = config if config is not None else RewardConfig()
         self.config = config
-        self.stepwise = StepwiseReward(config.weights, config.neighbour_scale_credit, config.count_exact_max)
+        self.stepwise = StepwiseReward(config.weights, config.neighbour_scale_credit)
         self.main: _Plugin | None = None
-        if config.reward != STEPWISE:
-            self.main = _load_plugin(PluginSpec(config.reward), config)
+        if main != STEPWISE:
+            self.main = _load_plugin(PluginConfig(main), config)
         taken = set(RESERVED_NAMES | {self.main.name if self.main else STEPWISE})
         plugins = []
         for spec in config.plugins:
@@ -132,20 +94,17 @@ class RewardPipeline:
         for plugin in (*self.plugins, *([self.main] if self.main else [])):
             plugin.call.close()
 
-    def set_weights(self, weights: RewardWeights | Mapping[str, Any]) -> None:
-        """Use these stepwise weights and gates from the next sample on (per curriculum stage). A mapping's
-        `plugins` entry {name: weight} re-weights those plugins for the stage (the rest keep their config
-        weight); without one, every plugin has its config weight."""
-        stage_plugins: Mapping[str, float] = {}
-        if isinstance(weights, Mapping) and "plugins" in weights:
-            weights = dict(weights)
-            stage_plugins = weights.pop("plugins") or {}
-            unknown = sorted(set(stage_plugins) - {p.name for p in self.plugins})
-            if unknown:
-                raise ValueError(f"stage weights name plugins {unknown} that are not configured "
-                                 f"({[p.name for p in self.plugins]})")
-        self.stepwise.weights = weights if isinstance(weights, RewardWeights) else RewardWeights(**weights)
-        self._plugin_weights = {name: float(w) for name, w in stage_plugins.items()}
+    def set_weights(self, weights: RewardWeights, plugins: Mapping[str, float] | None = None) -> None:
+        """Use these stepwise weights and gates from the next sample on (per curriculum stage); `plugins`
+        {name: weight} re-weights those plugins for the stage (the rest, and all without it, keep their
+        config weight)."""
+        plugins = dict(plugins or {})
+        unknown = sorted(set(plugins) - {p.name for p in self.plugins})
+        if unknown:
+            raise ValueError(f"stage weights name plugins {unknown} that are not configured "
+                             f"({[p.name for p in self.plugins]})")
+        self.stepwise.weights = check_weights(weights)
+        self._plugin_weights = {name: float(w) for name, w in plugins.items()}
 
     def score_batch(self, items: Iterable[ScoreItem]) -> list[RewardBreakdown]:
         """One breakdown per item, in order. Consecutive items with the same ground truth (a GRPO
@@ -215,7 +174,7 @@ class RewardPipeline:
 _UNSET = object()
 
 
-def _load_plugin(plugin: PluginSpec, config: RewardConfig) -> _Plugin:
+def _load_plugin(plugin: PluginConfig, config: RewardConfig) -> _Plugin:
     if not (isinstance(plugin.weight, (int, float)) and math.isfinite(plugin.weight) and plugin.weight >= 0):
         raise ValueError(f"plugin {plugin.spec!r}: weight must be a finite number >= 0, got {plugin.weight!r}")
     name, fn = load_reward(plugin.spec)

@@ -3,7 +3,6 @@ its verl entry point `compute_score`."""
 
 from __future__ import annotations
 
-import math
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -20,36 +19,19 @@ from spacevista.rewards.components import (
 )
 from spacevista.rewards.parse import parse_completion
 from spacevista.rewards.truth import GroundTruth, GroundTruthError, parse_ground_truth
-from spacevista.configs.schema import RewardWeightsConfig
+from spacevista.configs.checks import weights_problems
+from spacevista.configs.schema import RewardWeights
 from spacevista.scales import AnswerType, OutputFormat
 
-_FIXED = RewardWeightsConfig()
 ACCURACY = "accuracy"  # the key under which compute_score reports the answer component
 
 
-@dataclass(frozen=True, slots=True)
-class RewardWeights:
-    """Component weights and gates for one curriculum stage; the weights are normalised to sum 1.
-    The defaults are the training config's fixed weights (`reward.weights`, their one home), so
-    `compute_score`, `rewards score` and training's comparable reward weigh alike."""
-
-    format: float = _FIXED.format
-    scale: float = _FIXED.scale
-    accuracy: float = _FIXED.accuracy
-    gate_format: bool = True  # the answer scores only when the format is valid
-    gate_scale: bool = False  # "scale before answer": the answer scores only when the scale is right
-
-    def __post_init__(self) -> None:
-        for name in ("format", "scale", "accuracy"):
-            value = getattr(self, name)
-            if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
-                raise ValueError(f"reward weight {name!r} must be a finite number >= 0, got {value!r}")
-        if self.total_weight <= 0:
-            raise ValueError("reward weights must not all be 0")
-
-    @property
-    def total_weight(self) -> float:
-        return self.format + self.scale + self.accuracy
+def check_weights(weights: RewardWeights) -> RewardWeights:
+    """`weights` if usable (each a finite number >= 0, not all 0), else ValueError naming the bad one."""
+    problems = weights_problems("weights", weights)
+    if problems:
+        raise ValueError("; ".join(problems))
+    return weights
 
 
 @dataclass(slots=True)
@@ -81,6 +63,7 @@ class StepwiseReward:
     _accuracy: dict[AnswerType, AccuracyReward] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
+        check_weights(self.weights)
         if not 0.0 <= self.neighbour_scale_credit <= 1.0:
             raise ValueError(f"neighbour_scale_credit must be in [0, 1], got {self.neighbour_scale_credit!r}")
         self._accuracy = {**ACCURACY_REWARDS,
