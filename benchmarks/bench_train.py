@@ -53,8 +53,11 @@ BASE_OVERRIDES = ["learner.sft.steps=0", "eval_every=0", "log.plot=false", "log.
                   "cluster.temp_dir=/tmp/svbench-ray"]
 
 
+SETS: list[str] = []  # --set KEY=VALUE: Hydra overrides for both peers' config (the work held equal)
+
+
 def _overrides(steps: int, learners: int | None = None) -> list[str]:
-    out = [f"steps={steps}", f"checkpoint_every={steps}", "resume=never", *BASE_OVERRIDES]
+    out = [f"steps={steps}", f"checkpoint_every={steps}", "resume=never", *BASE_OVERRIDES, *SETS]
     if learners is not None and learners != 2:
         out.append(f"cluster.learner.count={learners}")
     return out
@@ -103,10 +106,17 @@ def run_worker(extra: list[str], args: argparse.Namespace, name: str) -> dict:
     out = Path(args.out) / f"{name}.json"
     out.unlink(missing_ok=True)
     load_before = wait_for_quiet(args.max_load)
-    cmd = [sys.executable, __file__, "--out", args.out, "--steps", str(args.steps), "--json", str(out), *extra]
+    cmd = [sys.executable, __file__, "--out", args.out, "--steps", str(args.steps), "--json", str(out), *extra,
+           *[f"--set={kv}" for kv in SETS]]
     print(f"\n=== {name} (load {load_before}) ===\n{' '.join(cmd)}", flush=True)
     env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "TOKENIZERS_PARALLELISM": "false"}
-    subprocess.run(cmd, check=True, env=env, cwd=REPO)
+    hogs = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(args.hog)]
+    try:
+        subprocess.run(cmd, check=True, env=env, cwd=REPO)
+    finally:
+        for hog in hogs:  # our own busy loops, by pid
+            hog.kill()
+            hog.wait()
     result = json.loads(out.read_text())
     result["load_before"], result["load_after"] = load_before, [round(x, 2) for x in os.getloadavg()]
     out.write_text(json.dumps(result))
@@ -142,11 +152,16 @@ def main() -> None:
     p.add_argument("--from-json", action="store_true",
                    help="do not run: rebuild the table from the per-run JSON files an earlier run left in --out")
     # worker mode (internal)
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="Hydra override of the config both peers read (repeatable), e.g. --set rollout.n=4")
+    p.add_argument("--hog", type=int, default=0,
+                   help="busy-loop processes (ordinary priority) running beside each timed run: a shared machine")
     p.add_argument("--worker", choices=["ours", "trl"])
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--stages", default="")
     p.add_argument("--json")
     args = p.parse_args()
+    SETS.extend(args.set)
 
     if args.worker:
         args.learners = args.learners[0]
@@ -231,6 +246,7 @@ def write_results(args: argparse.Namespace, results: list[dict], table: str) -> 
     cmd = (f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', '')} RAY_USAGE_STATS_ENABLED=0 "
            f".venv/bin/python benchmarks/bench_train.py --steps {args.steps} --warmup {args.warmup} "
            f"--learners {' '.join(map(str, args.learners))}"
+           + "".join(f" --set {kv}" for kv in args.set) + (f" --hog {args.hog}" if args.hog else "")
            + (f" --trl-threads {' '.join(str(r['threads']) for r in trl_runs)}" if trl_runs else "")
            + f" --results {args.results}")
     loads = "; ".join(f"{_label(r)} {r['load_before'][0]:.2f} -> {r['load_after'][0]:.2f}" for r in results)
