@@ -110,8 +110,9 @@ def wait(c, job_id: str, timeout_s: float) -> str:
         time.sleep(1.0)
 
 
-def submit_when_ready(c, timeout_s: float = 60.0, **job: Any) -> str:
-    """Submit, waiting out a head whose job agent has not registered yet (a fresh `ray start`)."""
+def submit_when_ready(c, timeout_s: float = 180.0, **job: Any) -> str:
+    """Submit, waiting out a head whose job agent has not registered yet (a fresh `ray start`; on a busy
+    2-core machine its agent took over 60 s)."""
     deadline = time.monotonic() + timeout_s
     while True:
         try:
