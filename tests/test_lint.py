@@ -33,6 +33,9 @@ PURE_LAYERS = {
     "spacevista.configs": ("ray", "torch"),
     "spacevista.rewards": ("ray", "torch"),
     "spacevista.curriculum": ("ray", "torch"),
+    "spacevista.data.convert": ("ray", "torch"),  # the converter, its sources and answers
+    "spacevista.data.synth": ("ray", "torch"),
+    "spacevista.data.io": ("ray", "torch"),
     "spacevista.policies.router": ("ray",),
     "spacevista.policies.objectives": ("ray",),
 }
