@@ -28,7 +28,7 @@ from conftest import policy_corpus  # noqa: E402
 
 from spacevista.configs.dense import DenseConfig  # noqa: E402
 from spacevista.configs.policy import TinyPolicyConfig  # noqa: E402
-from spacevista.policies.dense import DenseBranch, fused_visual_embeds  # noqa: E402
+from spacevista.policies.dense.branch import DenseBranch, fused_visual_embeds  # noqa: E402
 from spacevista.policies.experts import attach_experts  # noqa: E402
 from spacevista.policies.tiny import build_tiny_policy, load_policy  # noqa: E402
 from spacevista.scales import SCALES  # noqa: E402

@@ -2,7 +2,7 @@
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_learner.py [--batch 16] [--tokens 32] [--repeats 7]
 
-Mixed: one forward/backward with peft `adapter_names=` (what `policies/logprobs.py` does).
+Mixed: one forward/backward with peft `adapter_names=` (what `learner/logprobs.py` does).
 Grouped: one forward/backward per expert through peft's single-adapter path (`set_adapter`).
 Shared prompts: the same batch made of batch/group prompts with `group` responses each (GRPO's shape),
 forward+backward with `share_prompts=False` vs `True` (each distinct prompt computed once).
@@ -24,11 +24,11 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from conftest import TEST_POLICY, make_policy_samples, policy_corpus  # noqa: E402  (the tests' policy and samples)
 
-from spacevista.policies.batch import collate  # noqa: E402
+from spacevista.learner.batch import collate  # noqa: E402
 from spacevista.policies.experts import expert_names, set_experts_trainable  # noqa: E402
-from spacevista.policies.learner import LearnerCore  # noqa: E402
-from spacevista.policies.logprobs import forward_logprobs, policy_logprobs  # noqa: E402
-from spacevista.policies.objectives import ObjectiveConfig  # noqa: E402
+from spacevista.learner.core import LearnerCore  # noqa: E402
+from spacevista.learner.logprobs import forward_logprobs, policy_logprobs  # noqa: E402
+from spacevista.learner.objectives import ObjectiveConfig  # noqa: E402
 from spacevista.policies.tiny import build_tiny_policy  # noqa: E402
 from spacevista.scales import SCALES  # noqa: E402
 

@@ -12,9 +12,9 @@ from pathlib import Path
 def trl_records(cfg, stages: list[int]) -> list:
     """The records our controller sampled, step by step: the same ScaleSampler (same seed) fed the
     scale weights of the curriculum stage each step of our run used."""
-    from spacevista.actors.setup import _synthetic_data
-    from spacevista.data.io import RecordDataset
-    from spacevista.data.sampler import ScaleSampler
+    from spacevista.preflight import _synthetic_data
+    from spacevista.records.io import RecordDataset
+    from spacevista.records.sampler import ScaleSampler
 
     dataset = RecordDataset(_synthetic_data(cfg) / "train")
     first = {s: w for s, w in cfg.curriculum.stages[0].scales.items() if w > 0}
@@ -34,9 +34,10 @@ def worker_trl(args: argparse.Namespace, cfg) -> dict:
     from transformers import AutoModelForImageTextToText, AutoProcessor, TrainerCallback
     from trl import GRPOConfig, GRPOTrainer
 
-    from spacevista.actors.setup import prepare_model
-    from spacevista.data.frames import load_video
+    from spacevista.preflight import prepare_model
+    from spacevista.records.frames import load_video
     from spacevista.policies.chat import media_token_ids
+    from spacevista.policies.experts import lora_config
     from spacevista.rewards import compute_score
 
     torch.set_num_threads(args.threads)
@@ -89,7 +90,7 @@ def worker_trl(args: argparse.Namespace, cfg) -> dict:
 
     timer = Timer()
     trainer = GRPOTrainer(model=model, processing_class=processor, reward_funcs=stepwise_reward,
-                          args=gconf, train_dataset=dataset, peft_config=cfg.model.lora.to_peft(), callbacks=[timer])
+                          args=gconf, train_dataset=dataset, peft_config=lora_config(cfg.model.lora), callbacks=[timer])
     phases: dict[str, list[float]] = {"generate": [], "reward": [], "prepare": []}
 
     def timed(name, fn):

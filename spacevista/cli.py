@@ -16,7 +16,7 @@ def _parser() -> argparse.ArgumentParser:
         description="RL post-training for all-scale visual spatial reasoning (SpaceVista).")
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("train", help="run the training job (Hydra overrides follow, e.g. rollout.n=8)", add_help=False)
-    from spacevista.data.cli import add_subparser as add_data
+    from spacevista.datasets.cli import add_subparser as add_data
     from spacevista.rewards.cli import add_subparser as add_rewards
     from spacevista.eval.cli import add_subparser as add_eval
     add_data(sub)

@@ -19,7 +19,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from spacevista.checkpointing import COMPLETE_MARKER, latest_checkpoint
+from spacevista.cluster.run_storage import COMPLETE_MARKER, latest_checkpoint
 
 BUNDLE_FORMAT = 1
 README = """# SpaceVista-RL policy bundle
@@ -59,8 +59,8 @@ def resolve(path: Path) -> Path:
 
 def export(checkpoint: Path, out: Path, overwrite: bool = False) -> Path:
     """Write the bundle for `checkpoint` (see the module docstring) to `out`; returns `out`."""
-    from spacevista.policies.checkpoint import BASE_DIR, ROUTER_FILE, read_router
-    from spacevista.policies.dense import FUSION_FILE
+    from spacevista.learner.checkpoint_files import BASE_DIR, ROUTER_FILE, read_router
+    from spacevista.policies.dense.fusion import FUSION_FILE
 
     checkpoint = resolve(Path(checkpoint))
     meta = json.loads((checkpoint / COMPLETE_MARKER).read_text())
@@ -132,7 +132,7 @@ def _run_export(args: argparse.Namespace) -> int:
 
 
 def _run_upgrade(args: argparse.Namespace) -> int:
-    from spacevista.policies.checkpoint import CheckpointFormatError, upgrade
+    from spacevista.learner.checkpoint_files import CheckpointFormatError, upgrade
 
     if not args.trust_pickle:
         print("error: loading a pickle runs code from the file: pass --trust-pickle if you trust its author")

@@ -70,7 +70,7 @@ def scale_index(name: str) -> int:
 
 # ---- units -------------------------------------------------------------------------------------
 # Canonical unit symbols and their factor to SI (metres, square metres). Spelling variants
-# ("metres", "millimeters", "m²") are the parser's business (rewards/parse.py) and map onto these.
+# ("metres", "millimeters", "m²") are the parser's business (grammar/parse.py) and map onto these.
 LENGTH_UNITS: dict[str, float] = {"mm": 1e-3, "cm": 1e-2, "dm": 1e-1, "m": 1.0, "km": 1e3,
                                   "in": 0.0254, "ft": 0.3048, "yd": 0.9144, "mi": 1609.344}
 AREA_UNITS: dict[str, float] = {"mm2": 1e-6, "cm2": 1e-4, "m2": 1.0, "km2": 1e6, "ha": 1e4,

@@ -43,21 +43,21 @@ def _fail(err: Exception) -> None:
 @hydra.main(config_path="configs", config_name="train", version_base="1.3")
 def _hydra_entry(cfg: DictConfig) -> float:
     from spacevista.cluster.plan import PlanError
-    from spacevista.data.io import DataError
+    from spacevista.records.io import DataError
 
     try:
         train_cfg = to_train_config(cfg)
         check_config(train_cfg)  # the pure checks first: most mistakes fail here in well under a second
-        from spacevista.actors.setup import validate_config
+        from spacevista.preflight import validate_config
 
         validate_config(train_cfg)
     except ConfigError as err:
         _fail(err)
-    from spacevista.actors.controller import train
+    from spacevista.actors.controller import run_training
 
     run_dir = Path(train_cfg.run_dir or HydraConfig.get().runtime.output_dir).resolve()
     try:
-        result = train(train_cfg, run_dir, OmegaConf.to_container(cfg, resolve=True))
+        result = run_training(train_cfg, run_dir, OmegaConf.to_container(cfg, resolve=True))
     except (DataError, PlanError) as err:  # the data check and the GPU memory plan, before Ray starts
         _fail(err)
     print(f"run directory: {result.run_dir}")

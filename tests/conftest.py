@@ -43,7 +43,7 @@ def _picture(rng: np.random.Generator, size: int = 56) -> Image.Image:
 def make_policy_samples(n: int, experts: Sequence[str], seed: int = 0,
                         media: Sequence[str] = ("image", "video", "text"), with_old_logprobs: bool = False) -> list:
     """`n` learner samples cycling through `experts` and `media`, each its own prompt (its own uid)."""
-    from spacevista.policies.batch import TrainSample
+    from spacevista.learner.batch import TrainSample
 
     rng, np_rng = random.Random(seed), np.random.default_rng(seed)
     samples = []

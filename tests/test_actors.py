@@ -87,7 +87,7 @@ def test_a_plugin_registered_in_the_driver_reaches_the_reward_workers(local_ray,
     """The module lives where the workers cannot import it: the function travels by value."""
     import importlib
 
-    from spacevista.actors.setup import registered_plugins
+    from spacevista.preflight import registered_plugins
 
     (tmp_path / "driver_rewards.py").write_text(REGISTERED)
     monkeypatch.syspath_prepend(str(tmp_path))

@@ -6,7 +6,7 @@ import sys
 import pytest
 from hydra.errors import ConfigCompositionException
 
-from spacevista.actors.setup import ConfigError, validate_config
+from spacevista.preflight import ConfigError, validate_config
 from spacevista.configs.loader import compose, to_train_config
 
 

@@ -64,7 +64,7 @@ def test_cosine_warmup_longer_than_the_run_is_refused():
 
 
 def test_a_bad_plugin_is_one_error_naming_the_spec(tmp_path):
-    from spacevista.actors.setup import validate_config
+    from spacevista.preflight import validate_config
 
     broken = tmp_path / "broken.py"
     broken.write_text("import not_a_module_anywhere\n")
@@ -78,7 +78,7 @@ def test_a_bad_plugin_is_one_error_naming_the_spec(tmp_path):
 
 
 def test_a_plugin_may_name_a_promotion_metric(tmp_path):
-    from spacevista.actors.setup import validate_config
+    from spacevista.preflight import validate_config
 
     plugin = tmp_path / "brevity.py"
     plugin.write_text("def brevity(data_source, solution_str, ground_truth, extra_info=None):\n    return 1.0\n")

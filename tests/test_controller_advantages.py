@@ -13,8 +13,8 @@ from verl.trainer.ppo import core_algos
 
 from spacevista.actors.controller import train_samples
 from spacevista.configs.loader import compose, to_train_config
-from spacevista.policies.batch import collate
-from spacevista.policies.objectives import (
+from spacevista.learner.batch import collate
+from spacevista.learner.objectives import (
     compute_advantages,
     outcome_token_rewards,
     response_advantages,

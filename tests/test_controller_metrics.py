@@ -29,7 +29,7 @@ def test_accuracy_is_the_mean_over_samples_of_their_answer_component():
 
 def test_plugins_get_the_records_extra_info_in_training():
     from spacevista.actors.controller import score_items
-    from spacevista.data.schema import Answer, Record
+    from spacevista.records.schema import Answer, Record
     from spacevista.rollout.engine import Completion
 
     record = Record(id="r1", scale="indoor", task="object_size", answer=Answer("numeric", "2", "m"),

@@ -10,14 +10,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from spacevista import checkpointing
+from spacevista.cluster import run_storage
 from spacevista.cli import main
 from spacevista.configs.dense import DenseConfig
-from spacevista.data.synth import synthesize
+from spacevista.datasets.synthetic.synth import synthesize
 from spacevista.eval.policy import EvalError, load_policy_from_checkpoint
 from spacevista.eval.run import RunOptions, evaluate, read_eval_records
-from spacevista.policies.dense import FUSION_FILE, load_fusion, save_fusion
-from spacevista.policies.learner import LearnerCore
+from spacevista.policies.dense.fusion import FUSION_FILE, load_fusion, save_fusion
+from spacevista.learner.core import LearnerCore
 from spacevista.scales import SCALES
 
 FAST = ["--max-tokens", "8", "--limit", "4", "--batch-size", "2", "--router", "label"]
@@ -44,9 +44,9 @@ def checkpoints(tiny_policy_dir, dense_cfg, tmp_path_factory) -> dict[str, Path]
     with torch.no_grad():
         learner.dense.fusion.gate.fill_(GATE)
     root = tmp_path_factory.mktemp("runs")
-    tmp = checkpointing.staging_dir(root / "dense", learner.step)
+    tmp = run_storage.staging_dir(root / "dense", learner.step)
     learner.save_checkpoint(tmp)
-    dense = checkpointing.commit(tmp, learner.step, {"model_path": str(tiny_policy_dir)})
+    dense = run_storage.commit(tmp, learner.step, {"model_path": str(tiny_policy_dir)})
     zero = shutil.copytree(dense, root / "zero" / dense.name)
     weights, meta = load_fusion(zero / FUSION_FILE)
     save_fusion(zero / FUSION_FILE, {**weights, "gate": torch.zeros_like(weights["gate"])}, meta)

@@ -16,7 +16,7 @@ from spacevista.cli import main
 from spacevista.eval.official import (classify_answer_type, extract_answer, mean_relative_accuracy, read_number,
                                       score_file, score_lines)
 from spacevista.eval.scoring import EvalSample, ScoredSample, read_results, result_row
-from spacevista.rewards.truth import GroundTruth
+from spacevista.grammar.truth import GroundTruth
 from spacevista.scales import AnswerType
 
 FIXTURES = Path(__file__).parent / "fixtures" / "eval"

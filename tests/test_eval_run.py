@@ -13,14 +13,14 @@ import torch
 from conftest import make_policy_samples
 from rollout_helpers import LORA, random_experts
 
-from spacevista import checkpointing
+from spacevista.cluster import run_storage
 from spacevista.cli import main
-from spacevista.data.synth import synthesize
+from spacevista.datasets.synthetic.synth import synthesize
 from spacevista.eval.policy import EvalError, load_policy_from_checkpoint
 from spacevista.eval.run import RunOptions, evaluate, read_eval_records
-from spacevista.policies.batch import collate
-from spacevista.policies.experts import write_expert_dir
-from spacevista.policies.learner import LearnerCore
+from spacevista.learner.batch import collate
+from spacevista.policies.experts import lora_config, write_expert_dir
+from spacevista.learner.core import LearnerCore
 from spacevista.scales import SCALES, canonical_scale
 
 FAST = ["--max-tokens", "6", "--limit", "4", "--batch-size", "2"]
@@ -41,9 +41,9 @@ def _learner(model_path: Path) -> LearnerCore:
 
 def _save(learner: LearnerCore, run_dir: Path, meta: dict) -> Path:
     """As the controller does: stage, let the learner write, commit atomically."""
-    tmp = checkpointing.staging_dir(run_dir, learner.step)
+    tmp = run_storage.staging_dir(run_dir, learner.step)
     learner.save_checkpoint(tmp)
-    return checkpointing.commit(tmp, learner.step, meta)
+    return run_storage.commit(tmp, learner.step, meta)
 
 
 @pytest.fixture(scope="module")
@@ -76,7 +76,7 @@ def test_a_checkpoint_that_names_no_base_model_asks_for_one(trained, tmp_path):
     _, checkpoint = trained
     bare = tmp_path / "step_1"
     shutil.copytree(checkpoint, bare)
-    (bare / checkpointing.COMPLETE_MARKER).write_text(json.dumps({"step": 1}))
+    (bare / run_storage.COMPLETE_MARKER).write_text(json.dumps({"step": 1}))
     with pytest.raises(EvalError, match="pass --model PATH"):
         load_policy_from_checkpoint(bare)
 
@@ -143,7 +143,7 @@ def random_checkpoint(tiny_policy_dir, tmp_path_factory) -> Path:
     """Experts with non-zero LoRA B (rank 8, not the default 16) as peft adapter directories; no learner.pt."""
     checkpoint = tmp_path_factory.mktemp("random") / "step_3"
     for expert, state in random_experts(tiny_policy_dir, seed=5).items():
-        write_expert_dir(checkpoint / expert, LORA.to_peft(), state)
+        write_expert_dir(checkpoint / expert, lora_config(LORA), state)
     return checkpoint
 
 

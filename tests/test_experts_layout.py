@@ -51,14 +51,14 @@ def test_layout_problems_accept_the_presets():
 
 def test_rollout_items_route_by_the_map():
     from spacevista.actors.controller import rollout_items, sft_samples
-    from spacevista.data.synth import synth_records
+    from spacevista.datasets.synthetic.synth import synth_records
 
     records = [r for r in synth_records(40, seed=0, frames=2, size=32) if r.scale in ("drone", "indoor")][:4]
     mapping = expert_map(["tiny_tabletop", "tabletop", "indoor", "outdoor"], {"drone": "outdoor"})
     items = rollout_items(records, 1, mapping)
     assert [i.expert for i in items] == [mapping[r.scale] for r in records]
     assert [i.expert for i in rollout_items(records, 1)] == [r.scale for r in records]  # default: by name
-    assert [s.scale_label for s in sft_samples(records, -1, mapping)] == [mapping[r.scale] for r in records]
+    assert [s.scale_label for s in sft_samples(records, "sft1", mapping)] == [mapping[r.scale] for r in records]
 
 
 def test_router_learns_the_expert_not_the_scale():

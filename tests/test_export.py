@@ -12,13 +12,13 @@ from conftest import make_policy_samples
 from peft import PeftModel
 from safetensors.torch import load_file
 
-from spacevista import checkpointing
+from spacevista.cluster import run_storage
 from spacevista.cli import main
 from spacevista.eval.policy import EvalError, load_policy_from_checkpoint
 from spacevista.export import export
-from spacevista.policies import checkpoint
-from spacevista.policies.batch import collate
-from spacevista.policies.learner import LearnerCore
+from spacevista.learner import checkpoint_files
+from spacevista.learner.batch import collate
+from spacevista.learner.core import LearnerCore
 from spacevista.policies.router import RouterConfig, ScaleRouter
 from spacevista.policies.tiny import load_policy
 from spacevista.scales import SCALES
@@ -30,18 +30,19 @@ def step_dir(tiny_policy_dir, tmp_path_factory) -> Path:
     torch.manual_seed(0)
     learner = LearnerCore(tiny_policy_dir, SCALES, micro_batch_size=8)
     learner.rl_step(collate(learner.processor, make_policy_samples(5, list(SCALES), seed=4, with_old_logprobs=True)))
-    tmp = checkpointing.staging_dir(tmp_path_factory.mktemp("run"), learner.step)
+    tmp = run_storage.staging_dir(tmp_path_factory.mktemp("run"), learner.step)
     learner.save_checkpoint(tmp)
-    return checkpointing.commit(tmp, learner.step, {"model_path": str(tiny_policy_dir), "experts": list(SCALES)})
+    return run_storage.commit(tmp, learner.step, {"model_path": str(tiny_policy_dir), "experts": list(SCALES)})
 
 
 def test_a_checkpoint_holds_no_pickle_and_its_adapters_name_their_base(step_dir, tiny_policy_dir):
     names = {p.name for p in step_dir.iterdir()}
-    assert {checkpoint.LEARNER_FILE, checkpoint.ROUTER_FILE, checkpoint.OPTIMIZER_FILE, checkpoint.RNG_FILE} <= names
+    files = checkpoint_files
+    assert {files.LEARNER_FILE, files.ROUTER_FILE, files.OPTIMIZER_FILE, files.RNG_FILE} <= names
     assert not list(step_dir.rglob("*.pt")) and not list(step_dir.rglob("*.pkl"))
     config = json.loads((step_dir / "indoor" / "adapter_config.json").read_text())
     assert config["base_model_name_or_path"] == str(tiny_policy_dir)
-    json.loads((step_dir / checkpoint.LEARNER_FILE).read_text())  # plain JSON
+    json.loads((step_dir / checkpoint_files.LEARNER_FILE).read_text())  # plain JSON
 
 
 def test_export_bundle_loads_with_transformers_and_peft(step_dir, tmp_path):
@@ -81,13 +82,13 @@ class _Exploit:
 def test_an_old_pickled_checkpoint_is_never_unpickled(step_dir, tmp_path, tiny_policy_dir, capsys):
     old = tmp_path / "step_1"
     old.mkdir()
-    (old / checkpointing.COMPLETE_MARKER).write_text(json.dumps({"step": 1, "model_path": str(tiny_policy_dir)}))
+    (old / run_storage.COMPLETE_MARKER).write_text(json.dumps({"step": 1, "model_path": str(tiny_policy_dir)}))
     for expert in SCALES:
         (old / expert).symlink_to(step_dir / expert)
     marker = tmp_path / "pwned"
-    (old / checkpoint.PICKLED_LEARNER_FILE).write_bytes(pickle.dumps({"router": _Exploit(str(marker))}))
-    with pytest.raises(checkpoint.CheckpointFormatError, match="checkpoint upgrade"):
-        checkpoint.read(old, list(SCALES))
+    (old / checkpoint_files.PICKLED_LEARNER_FILE).write_bytes(pickle.dumps({"router": _Exploit(str(marker))}))
+    with pytest.raises(checkpoint_files.CheckpointFormatError, match="checkpoint upgrade"):
+        checkpoint_files.read(old, list(SCALES))
     with pytest.raises(EvalError, match="--trust-pickle"):
         load_policy_from_checkpoint(old)
     assert main(["checkpoint", "upgrade", str(old)]) == 2 and "--trust-pickle" in capsys.readouterr().out
@@ -97,14 +98,14 @@ def test_an_old_pickled_checkpoint_is_never_unpickled(step_dir, tmp_path, tiny_p
 def test_upgrade_converts_a_trusted_old_checkpoint(step_dir, tmp_path):
     old = tmp_path / "step_1"
     old.mkdir()
-    state = checkpoint.read(step_dir, list(SCALES))
+    state = checkpoint_files.read(step_dir, list(SCALES))
     torch.save({k: state[k] for k in ("router", "optimizer", "scheduler", "step", "rng")},
-               old / checkpoint.PICKLED_LEARNER_FILE)
-    (old / checkpointing.COMPLETE_MARKER).write_text(json.dumps({"step": 1}))
+               old / checkpoint_files.PICKLED_LEARNER_FILE)
+    (old / run_storage.COMPLETE_MARKER).write_text(json.dumps({"step": 1}))
     for expert in SCALES:
         (old / expert).symlink_to(step_dir / expert)
     assert main(["checkpoint", "upgrade", str(old), "--trust-pickle"]) == 0
-    again = checkpoint.read(old, list(SCALES))
+    again = checkpoint_files.read(old, list(SCALES))
     assert again["step"] == state["step"] and again["scheduler"] == state["scheduler"]
     assert all(torch.equal(again["router"][k], v) for k, v in state["router"].items())
     assert again["rng"]["python"] == state["rng"]["python"]

@@ -18,9 +18,9 @@ import ray
 import torch
 
 from raycluster import start_head, start_worker_node
-from spacevista.actors.controller import train
+from spacevista.actors.controller import run_training
 from spacevista.actors.recovery import read_events
-from spacevista.actors.setup import loopback_node_ip
+from spacevista.cluster.local_ray import loopback_node_ip
 from spacevista.configs.loader import compose, to_train_config
 from test_train_e2e import SHORT, VARIED_REWARD, expert_tensors
 
@@ -30,7 +30,7 @@ FAULTY = [f"steps={STEPS}", "checkpoint_every=2", "eval_every=0", "log.tensorboa
           "cluster.learner.strategy=SPREAD"]  # one rank per node when there are two (one node holds all)
 NODE_ENV = {"RAY_health_check_period_ms": "1000", "RAY_health_check_failure_threshold": "3",  # notice a lost node
             "RAY_health_check_timeout_ms": "1000",                                            # in seconds
-            "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}  # keep 127.0.0.1 (see actors.setup.loopback_node_ip)
+            "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}  # keep 127.0.0.1 (see cluster.local_ray.loopback_node_ip)
 
 
 @pytest.fixture(scope="module")
@@ -63,7 +63,7 @@ def overrides(tmp_path_factory) -> list[str]:
 
 def run(run_dir: Path, overrides: list[str], *extra: str):
     cfg = to_train_config(compose([*overrides, f"run_dir={run_dir}", *extra]))
-    return train(cfg, run_dir)
+    return run_training(cfg, run_dir)
 
 
 @pytest.fixture(scope="module")

@@ -50,8 +50,8 @@ def test_vllm_engine_args_follow_the_device():
 def _rank_main(rank: int, world: int, init_file: str, model_path: str, samples: list, out: str) -> None:
     import torch.distributed as dist
 
-    from spacevista.policies.batch import collate
-    from spacevista.policies.learner import LearnerCore
+    from spacevista.learner.batch import collate
+    from spacevista.learner.core import LearnerCore
     from spacevista.scales import SCALES
 
     torch.cuda.set_device(rank)
@@ -136,9 +136,9 @@ def test_rollout_learner_logprob_gap_bf16(cuda_engine, tiny_policy_dir):
     """Sampled-token log-probs of the bf16 rollout vs the learner's bf16 recomputation of the same tokens."""
     from rollout_helpers import EXPERTS, LORA, mixed_requests, random_experts
 
-    from spacevista.policies.batch import TrainSample, collate
+    from spacevista.learner.batch import TrainSample, collate
     from spacevista.policies.experts import attach_experts, load_expert_state_dict
-    from spacevista.policies.logprobs import policy_logprobs
+    from spacevista.learner.logprobs import policy_logprobs
     from spacevista.policies.tiny import load_policy
     from spacevista.rollout.engine import SamplingParams
 

@@ -8,9 +8,9 @@ import math
 import pytest
 import torch
 
-from spacevista.policies.batch import collate
-from spacevista.policies.learner import LearnerCore
-from spacevista.policies.optim import OptimConfig
+from spacevista.learner.batch import collate
+from spacevista.learner.core import LearnerCore
+from spacevista.learner.optim import OptimConfig
 from spacevista.scales import SCALES, format_output
 
 LR = 1e-2

@@ -61,7 +61,7 @@ def test_a_local_ray_listens_on_loopback_only(ray_temp_dir):
     import psutil
     import ray
 
-    from spacevista.actors.setup import start_ray
+    from spacevista.cluster.local_ray import start_ray
     from spacevista.configs.schema import ClusterConfig
 
     assert not ray.is_initialized()

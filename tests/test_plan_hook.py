@@ -6,7 +6,7 @@ import pytest
 import ray
 from test_train_e2e import SHORT
 
-from spacevista.actors.controller import train
+from spacevista.actors.controller import run_training
 from spacevista.cluster.plan import PlanError
 from spacevista.configs.loader import compose, to_train_config
 
@@ -16,5 +16,5 @@ def test_a_plan_that_cannot_fit_fails_before_ray(tmp_path):
                                    f"model.cache_dir={tmp_path / 'models'}", "cluster.learner.num_gpus=1",
                                    "cluster.gpu_memory_gib=0.001"]))
     with pytest.raises(PlanError, match="learner"):
-        train(cfg, tmp_path / "run")
+        run_training(cfg, tmp_path / "run")
     assert not ray.is_initialized()

@@ -12,19 +12,16 @@ import torch
 from PIL import Image
 
 from spacevista.configs.dense import DenseConfig, TinyDenseEncoderConfig
-from spacevista.policies.dense import (
+from spacevista.policies.dense.branch import (
     CLIP_MEAN,
     CLIP_STD,
     DenseBranch,
     fused_visual_embeds,
-    fusion_parameters,
-    fusion_state_dict,
-    load_fusion,
-    set_fusion_trainable,
     vllm_embedding_inputs,
 )
-from spacevista.policies.dense_cache import FeatureCache, frame_key
-from spacevista.policies.dense_encoders import FrameEncoder, build_tiny_dense_encoder
+from spacevista.policies.dense.fusion import fusion_parameters, fusion_state_dict, load_fusion, set_fusion_trainable
+from spacevista.policies.dense.cache import FeatureCache, frame_key
+from spacevista.policies.dense.encoders import FrameEncoder, build_tiny_dense_encoder
 from spacevista.policies.experts import attach_experts
 from spacevista.policies.tiny import load_policy
 
@@ -88,7 +85,7 @@ def test_frames_from_the_patches_are_the_processors_frames_and_tokens_map_to_the
     model, processor = policy
     inputs = _inputs(processor, "video", seeds=(0, 1, 2, 3))
     branch = _branch(model, processor, dense_cfg)
-    from spacevista.policies.dense import frames_from_patches
+    from spacevista.policies.dense.branch import frames_from_patches
 
     frames = frames_from_patches(inputs["pixel_values_videos"], inputs["video_grid_thw"], 14, 2, 2)[0]
     assert frames.shape == (2, 2, 3, 56, 56)  # 4 frames = 2 temporal patches of 2
@@ -107,7 +104,7 @@ def test_a_still_image_contributes_one_frame_and_frames_per_patch_one_keeps_the_
     model, processor = policy
     branch = _branch(model, processor, dense_cfg)
     image = _inputs(processor, "image")
-    from spacevista.policies.dense import frames_from_patches
+    from spacevista.policies.dense.branch import frames_from_patches
 
     frames = frames_from_patches(image["pixel_values"], image["image_grid_thw"], 14, 2, 2)[0]
     assert torch.equal(frames[:, 0], frames[:, 1]) and branch._is_still(frames)

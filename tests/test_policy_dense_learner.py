@@ -13,10 +13,10 @@ import torch.multiprocessing as mp
 from conftest import assert_adam_weights_close
 
 from spacevista.configs.dense import DenseConfig
-from spacevista.policies.batch import collate
-from spacevista.policies.learner import LearnerCore
-from spacevista.policies.objectives import ObjectiveConfig
-from spacevista.policies.optim import OptimConfig
+from spacevista.learner.batch import collate
+from spacevista.learner.core import LearnerCore
+from spacevista.learner.objectives import ObjectiveConfig
+from spacevista.learner.optim import OptimConfig
 from spacevista.scales import SCALES, format_output
 
 OPTIM = OptimConfig(lr=1e-2, weight_decay=0.1)

@@ -7,9 +7,10 @@ from dataclasses import replace
 import torch
 from PIL import Image
 
-from spacevista.policies.batch import collate
+from spacevista.learner.batch import collate
 from spacevista.policies.chat import to_chat_messages
-from spacevista.policies.learner import LearnerCore
+from spacevista.learner.core import LearnerCore
+from spacevista.learner.routing import batch_prompt_features
 from spacevista.policies.router import RouterConfig, ScaleRouter, prompt_features
 from spacevista.policies.tiny import load_policy
 from spacevista.scales import SCALES
@@ -69,7 +70,7 @@ def test_prompt_features_pool_the_prompt_only(tiny_policy_dir, policy_samples):
                         return_tensors="pt")
     from_prompts = prompt_features(model, prompts)
     longer = [replace(s, response_ids=s.response_ids * 3) for s in samples]  # responses must not matter
-    from_batch = prompt_features(model, collate(processor, longer))
+    from_batch = batch_prompt_features(model, collate(processor, longer))
     torch.testing.assert_close(from_batch, from_prompts, atol=1e-5, rtol=1e-5)
     hidden = from_batch.shape[1] // 2
     assert from_batch[0, hidden:].abs().sum() > 0 and from_batch[1, hidden:].abs().sum() > 0

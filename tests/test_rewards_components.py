@@ -4,8 +4,8 @@ import pytest
 
 from spacevista.rewards.components import (MRA_THRESHOLDS, choice_reward, count_reward, format_reward,
                                            mean_relative_accuracy, numeric_reward, scale_reward, text_reward)
-from spacevista.rewards.parse import parse_completion
-from spacevista.rewards.truth import parse_ground_truth
+from spacevista.grammar.parse import parse_completion
+from spacevista.grammar.truth import parse_ground_truth
 from spacevista.scales import format_output
 
 

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from spacevista.rewards.parse import (MAX_COMPLETION_CHARS, NoAnswer, ParsedCompletion, normalise_text, parse_choice,
+from spacevista.grammar.parse import (MAX_COMPLETION_CHARS, NoAnswer, ParsedCompletion, normalise_text, parse_choice,
                                       parse_completion, parse_count, parse_quantity, parse_scale, unit_symbol)
 from spacevista.scales import AREA_UNITS, LENGTH_UNITS, format_output
 

@@ -11,9 +11,9 @@ import torch
 
 from rollout_helpers import (EXPERTS, LORA, image_request, mixed_requests, random_experts, teacher_forced_logprobs,
                              text_request, video_request)
-from spacevista.policies.batch import TrainSample, collate
+from spacevista.learner.batch import TrainSample, collate
 from spacevista.policies.experts import attach_experts, load_expert_state_dict
-from spacevista.policies.logprobs import policy_logprobs
+from spacevista.learner.logprobs import policy_logprobs
 from spacevista.policies.tiny import load_policy
 from spacevista.rollout import BASE_EXPERT, SamplingParams
 from spacevista.rollout.hf_engine import HFEngine

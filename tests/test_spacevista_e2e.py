@@ -9,7 +9,7 @@ import json
 import pytest
 from spacevista_fixtures import OFFICIAL_NAMES, write_all
 
-from spacevista.actors.controller import train
+from spacevista.actors.controller import run_training
 from spacevista.cli import main
 from spacevista.configs.loader import compose, to_train_config
 
@@ -41,7 +41,7 @@ def test_convert_train_eval_run_and_score_on_the_documented_shapes(local_ray, co
     cfg = to_train_config(compose([
         *SHORT, "data=parquet", f"data.train={root / 'train'}", f"data.test={root / 'test'}",
         f"model.cache_dir={root / 'models'}", f"run_dir={tmp_path / 'run'}", "steps=2", "checkpoint_every=2"]))
-    result = train(cfg, tmp_path / "run")
+    result = run_training(cfg, tmp_path / "run")
     assert result.steps == 2
     rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [1, 2] and all(0.0 <= r["reward/total"] <= 1.0 for r in rows)

@@ -8,8 +8,8 @@ import json
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
 from spacevista.configs.policy import TinyPolicyConfig
-from spacevista.data.frames import load_video
-from spacevista.data.synth import synth_record, tokenizer_corpus
+from spacevista.records.frames import load_video
+from spacevista.datasets.synthetic.synth import synth_record, tokenizer_corpus
 from spacevista.policies.tiny import build_tiny_policy, load_policy, policy_cache_key
 from spacevista.rollout.engine import GenerationRequest, SamplingParams
 from spacevista.rollout.hf_engine import HFEngine

@@ -12,7 +12,7 @@ import torch
 from peft import PeftModel
 from safetensors.torch import load_file
 
-from spacevista.actors.controller import train
+from spacevista.actors.controller import run_training
 from spacevista.configs.loader import compose, to_train_config
 from spacevista.policies.tiny import load_policy
 
@@ -50,7 +50,7 @@ def varied_reward(tmp_path_factory) -> str:
 
 def run(tmp: Path, caches: list[str], *overrides: str):
     cfg = to_train_config(compose([*SHORT, *caches, f"run_dir={tmp}", *overrides]))
-    return train(cfg, tmp)
+    return run_training(cfg, tmp)
 
 
 def expert_tensors(step_dir: Path) -> dict[str, torch.Tensor]:

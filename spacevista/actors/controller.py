@@ -25,23 +25,24 @@ import numpy as np
 import ray
 import torch
 
-from spacevista import checkpointing
+from spacevista.cluster import run_storage
 from spacevista.actors.learner import LearnerGroup
 from spacevista.actors.pool import WorkerPool
 from spacevista.actors.recovery import FAULTS, Recovery, RoleFailure
 from spacevista.actors.report import TrainResult, finish
 from spacevista.actors.workers import RolloutItem
-from spacevista.actors.setup import PreparedRun, prepare_run, registered_plugins, start_ray, validate_config
+from spacevista.preflight import PreparedRun, prepare_run, registered_plugins, validate_config
+from spacevista.cluster.local_ray import start_ray
 from spacevista.cluster.metrics import RayMetrics
 from spacevista.cluster.plan import check_before_training
 from spacevista.cluster.resources import check_cluster, reserve
 from spacevista.configs.experts import expert_map, expert_of
 from spacevista.configs.schema import RewardWeights, StageConfig, TrainConfig
 from spacevista.curriculum import Curriculum
-from spacevista.data.schema import Record
-from spacevista.policies.batch import TrainSample
-from spacevista.policies.checkpoint import check_format as check_checkpoint_format
-from spacevista.policies.objectives import response_advantages
+from spacevista.records.schema import Record
+from spacevista.learner.batch import TrainSample
+from spacevista.learner.checkpoint_files import check_format as check_checkpoint_format
+from spacevista.learner.objectives import response_advantages
 from spacevista.rewards.pipeline import plugin_errors
 from spacevista.rewards.stepwise import RewardBreakdown, aggregate_breakdowns
 from spacevista.scales import AnswerType
@@ -53,10 +54,12 @@ ANSWER_COMPONENTS = tuple(t.value for t in AnswerType)
 
 
 # ---- conversions between the components' types --------------------------------------------------
-def rollout_items(records: list[Record], step: int, experts: Mapping[str, str] | None = None) -> list[RolloutItem]:
+def rollout_items(records: list[Record], round_id: int | str, experts: Mapping[str, str] | None = None
+                  ) -> list[RolloutItem]:
     """Label routing (the training anchor): each prompt goes to the expert serving its record's scale
-    (`experts`: configs.experts.expert_map; None: the expert named by the scale)."""
-    return [RolloutItem(f"{step}:{i}:{r.id}", r, expert_of(r.scale, experts)) for i, r in enumerate(records)]
+    (`experts`: configs.experts.expert_map; None: the expert named by the scale). `round_id` (the RL step, or
+    `sftN` for the warm-up's step N) makes request ids, and so GRPO's group uids, unique across rounds."""
+    return [RolloutItem(f"{round_id}:{i}:{r.id}", r, expert_of(r.scale, experts)) for i, r in enumerate(records)]
 
 
 def score_items(records: list[Record], completions: list[Completion], n: int) -> list[tuple]:
@@ -105,12 +108,12 @@ def train_samples(items: list[RolloutItem], completions: list[Completion], advan
             for i, c in enumerate(completions)]
 
 
-def sft_samples(records: list[Record], step: int, experts: Mapping[str, str] | None = None) -> list[TrainSample]:
+def sft_samples(records: list[Record], round_id: str, experts: Mapping[str, str] | None = None) -> list[TrainSample]:
     """SFT warm-up samples: each learner rank decodes and encodes its own share of the prompts. The
     router learns the routed expert (`scale_label`): the scale itself in the per-scale layout."""
     return [TrainSample(response_ids=[], expert=item.expert, scale_label=item.expert, uid=item.request_id,
                         record_id=item.record.id, **_prompt_media(item.request()))
-            for item in rollout_items(records, step, experts)]
+            for item in rollout_items(records, round_id, experts)]
 
 
 def _prompt_media(request: GenerationRequest) -> dict[str, Any]:
@@ -123,9 +126,11 @@ def sft_targets(records: list[Record]) -> list[str]:
 
 
 # ---- the loop ----------------------------------------------------------------------------------
-def train(cfg: TrainConfig, run_dir: Path, config_dict: dict[str, Any] | None = None) -> TrainResult:
+def run_training(cfg: TrainConfig, run_dir: Path, config_dict: dict[str, Any] | None = None) -> TrainResult:
+    """The recipe (`spacevista train` after its config checks): prepare, start Ray, warm up, then the RL loop
+    with evals and checkpoints; recovers from lost roles as `cluster.max_recoveries` allows."""
     validate_config(cfg)
-    if (requested := checkpointing.resolve_resume(cfg.resume, run_dir)) is not None:
+    if (requested := run_storage.resolve_resume(cfg.resume, run_dir)) is not None:
         check_checkpoint_format(requested)  # an old pickled checkpoint fails before Ray, saying how to upgrade it
     run_dir.mkdir(parents=True, exist_ok=True)
     console.print(f"[bold]SpaceVista-RL[/bold] run directory: {run_dir}")
@@ -134,7 +139,7 @@ def train(cfg: TrainConfig, run_dir: Path, config_dict: dict[str, Any] | None = 
     owns_ray = start_ray(cfg.cluster, run_dir)
     try:
         check_cluster(cfg.cluster)
-        recovery = Recovery(run_dir, cfg.cluster.max_recoveries, checkpointing.resolve_resume(cfg.resume, run_dir),
+        recovery = Recovery(run_dir, cfg.cluster.max_recoveries, run_storage.resolve_resume(cfg.resume, run_dir),
                             cfg.cluster.metrics_prefix if cfg.log.ray_metrics else None)
         while True:  # attempts: a lost rank, worker or node, or a frozen call, restarts from the last checkpoint
             attempt = dataclasses.replace(prep, sampler=copy.deepcopy(prep.sampler),
@@ -169,7 +174,7 @@ def _train(cfg: TrainConfig, run_dir: Path, prep: PreparedRun, config_dict: dict
             state, pending_state = learners.load(resume_from)
             curriculum.load_state_dict(state["curriculum"])
             sampler.load_state_dict(state["sampler"])
-            start_step = checkpointing.checkpoint_step(resume_from)
+            start_step = run_storage.checkpoint_step(resume_from)
             console.print(f"resumed from {resume_from} (step {start_step}, stage {curriculum.stage.name!r})")
         elif cfg.learner.sft.steps > 0:
             _sft_warmup(cfg, prep, learners)
@@ -306,7 +311,7 @@ class _Evaluator:
         self.cfg, self.rollout, self.reward = cfg, rollout, reward
         self.records: list[Record] = []
         if prep.test_path is not None and cfg.eval_every > 0 and cfg.eval_prompts_per_scale > 0:
-            from spacevista.data.io import RecordDataset
+            from spacevista.records.io import RecordDataset
 
             test = RecordDataset(prep.test_path)
             picked = [i for s in expert_map(cfg.model.experts, cfg.model.expert_of_scale)
@@ -329,7 +334,7 @@ def _sft_warmup(cfg: TrainConfig, prep: PreparedRun, learners: LearnerGroup) -> 
     sampler = prep.sft_sampler
     for i in range(1, sft.steps + 1):
         records = prep.dataset.take(sampler.next_batch(sft.batch_size))
-        m = learners.sft_step(sft_samples(records, -i, expert_map(cfg.model.experts, cfg.model.expert_of_scale)),
+        m = learners.sft_step(sft_samples(records, f"sft{i}", expert_map(cfg.model.experts, cfg.model.expert_of_scale)),
                               sft_targets(records))
         if i == 1 or i % 10 == 0 or i == sft.steps:
             console.print(f"sft {i}/{sft.steps}: loss {m.get('sft_loss', float('nan')):.3f}")

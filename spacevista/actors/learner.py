@@ -1,6 +1,6 @@
 """Learner ranks as Ray actors in one placement group, forming one torch.distributed group.
 
-Each `LearnerWorker` holds a `LearnerCore` (policies/learner.py: FSDP2 over the policy, experts and
+Each `LearnerWorker` holds a `LearnerCore` (learner/core.py: FSDP2 over the policy, experts and
 router, verl objectives). The `LearnerGroup` on the controller side fans a batch out in equal shares,
 and turns rank 0's gathered adapters into object-store refs that rollout workers pull.
 """
@@ -16,14 +16,14 @@ from typing import Any
 import ray
 import torch
 
-from spacevista import checkpointing
+from spacevista.cluster import run_storage
 from spacevista.actors.pool import actor_options, split_even
 from spacevista.actors.recovery import all_alive, wait
 from spacevista.actors.workers import init_actor_process
 from spacevista.cluster.resources import RoleGroup
 from spacevista.configs.dense import DENSE_WEIGHTS
 from spacevista.configs.schema import TrainConfig
-from spacevista.policies.batch import collate
+from spacevista.learner.batch import collate
 from spacevista.tracking import console
 from ray.util.placement_group import remove_placement_group
 
@@ -81,7 +81,7 @@ class LearnerWorker:
     def setup(self, master_addr: str, master_port: int) -> int:
         import torch.distributed as dist
 
-        from spacevista.policies.learner import LearnerCore
+        from spacevista.learner.core import LearnerCore
 
         backend = self.cfg.cluster.backend
         if backend == "auto":
@@ -193,14 +193,14 @@ class LearnerGroup:
         async mode, the next step's finished rollout as JSON); then the directory is committed atomically."""
         import json
 
-        tmp = checkpointing.staging_dir(run_dir, step)
+        tmp = run_storage.staging_dir(run_dir, step)
         self._all("save", shared=(str(tmp),), timeout_s=self.start_s)  # a trained base is saved too: size-bound
         (tmp / "controller.json").write_text(json.dumps(controller))
         if pending is not None:
             (tmp / PENDING_ROLLOUT).write_text(json.dumps(pending))
         meta = {"world_size": len(self.workers), "model_path": str(self.model_path),
                 "experts": list(self.cfg.model.experts)}  # the router's class order
-        return checkpointing.commit(tmp, step, meta, keep)
+        return run_storage.commit(tmp, step, meta, keep)
 
     def load(self, checkpoint: Path) -> tuple[dict[str, Any], dict | None]:
         """(controller state, the pending rollout's state or None) after every rank loaded its part."""

@@ -28,7 +28,7 @@ from ray.exceptions import (ActorUnschedulableError, GetTimeoutError, NodeDiedEr
                             RayTaskError, WorkerCrashedError)
 from rich.markup import escape
 
-from spacevista import checkpointing
+from spacevista.cluster import run_storage
 from spacevista.tracking import console
 
 # What a lost process, node or deadline raises from ray.get (a dead actor, an object on a dead node, ...)
@@ -98,11 +98,11 @@ class Recovery:
     def recover(self, fault: BaseException) -> None:
         """Log `fault` as an event and point `checkpoint` at the newest one this run committed (or keep
         the one it started from); raise RecoveriesExhausted once the budget is spent."""
-        latest = checkpointing.latest_checkpoint(self.run_dir)
-        if latest is not None and (latest / checkpointing.COMPLETE_MARKER).stat().st_mtime >= self.started:
+        latest = run_storage.latest_checkpoint(self.run_dir)
+        if latest is not None and (latest / run_storage.COMPLETE_MARKER).stat().st_mtime >= self.started:
             self.checkpoint = latest  # committed by this run (older ones may be another run's, with resume=never)
         role = fault.role if isinstance(fault, RoleFailure) else "cluster"
-        step = checkpointing.checkpoint_step(self.checkpoint) if self.checkpoint is not None else 0
+        step = run_storage.checkpoint_step(self.checkpoint) if self.checkpoint is not None else 0
         exhausted = self.count >= self.limit
         if not exhausted:
             self.count += 1

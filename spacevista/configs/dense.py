@@ -1,7 +1,7 @@
 """`model.dense`: the dense-feature branch of SpaceVista-7B (frozen self-supervised encoder -> projector ->
 gated cross-attention from the policy's visual tokens). Pure data: no torch here (see `configs.policy`).
 
-The branch's torch code lives in `spacevista.policies.dense`; these dataclasses are its only defaults.
+The branch's torch code lives in `spacevista.policies.dense.branch`; these dataclasses are its only defaults.
 """
 
 from __future__ import annotations

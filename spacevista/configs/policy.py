@@ -2,9 +2,10 @@
 
 They live here, not beside the torch code that reads them, so that composing and checking a config
 imports neither torch, peft nor verl (the architecture's pure layer). Each default has this one home;
-the YAML groups only hold what a group changes. Two bridges to a library's own config type
-(`ExpertLoRAConfig.to_peft`, `ObjectiveConfig.actor_config/algo_config`) import that library when
-called, never at import. `limits(...)` metadata is what `configs.checks` enforces, naming the key.
+the YAML groups only hold what a group changes. The bridges to a library's own config type live with
+the code that uses that library: peft's `LoraConfig` in `policies.experts.lora_config`, verl's `ActorConfig`
+and `AlgoConfig` in `learner.objectives` (where verl enters the package). `limits(...)` metadata is what
+`configs.checks` enforces, naming the key.
 """
 
 from __future__ import annotations
@@ -37,13 +38,6 @@ class ExpertLoRAConfig:
     target_modules: str = LANGUAGE_MODEL_TARGET
     init_lora_weights: bool = True  # B = 0: a fresh expert equals the base model
 
-    def to_peft(self) -> Any:
-        """The peft `LoraConfig` (peft is imported here, on call)."""
-        from peft import LoraConfig
-
-        return LoraConfig(r=self.rank, lora_alpha=self.alpha, lora_dropout=self.dropout,
-                          target_modules=self.target_modules, init_lora_weights=self.init_lora_weights, bias="none")
-
 
 @dataclass
 class ObjectiveConfig:
@@ -63,27 +57,6 @@ class ObjectiveConfig:
     norm_adv_by_std_in_grpo: bool = True  # False: Dr.GRPO
     entropy_coeff: float = limits(0.0, ge=0.0)
     gamma: float = limits(1.0, ge=0.0, le=1.0)  # reinforce_plus_plus discount
-
-    def actor_config(self, global_batch_info: dict[str, Any] | None = None) -> Any:
-        """verl's `ActorConfig` carrying these settings (what verl's policy-loss functions read)."""
-        from verl.workers.config import ActorConfig, PolicyLossConfig
-
-        low = self.clip_ratio if self.clip_ratio_low is None else self.clip_ratio_low
-        high = self.clip_ratio if self.clip_ratio_high is None else self.clip_ratio_high
-        return ActorConfig(
-            strategy="fsdp", rollout_n=1, ppo_micro_batch_size_per_gpu=1,
-            clip_ratio=self.clip_ratio, clip_ratio_low=low, clip_ratio_high=high, clip_ratio_c=self.clip_ratio_c,
-            loss_agg_mode=self.loss_agg_mode, policy_loss=PolicyLossConfig(loss_mode=self.policy_loss),
-            entropy_coeff=self.entropy_coeff, use_kl_loss=self.kl_coef > 0, kl_loss_coef=self.kl_coef,
-            kl_loss_type=self.kl_penalty, global_batch_info=dict(global_batch_info or {}),
-        )
-
-    def algo_config(self) -> Any:
-        """verl's `AlgoConfig` (what verl's advantage estimators read)."""
-        from verl.trainer.config import AlgoConfig
-
-        return AlgoConfig(adv_estimator=self.adv_estimator, gamma=self.gamma,
-                          norm_adv_by_std_in_grpo=self.norm_adv_by_std_in_grpo)
 
 
 @dataclass

@@ -69,8 +69,8 @@ def add_subparser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentPa
 
 
 def run_eval(args: argparse.Namespace) -> int:
-    from spacevista.data.frames import FrameError
-    from spacevista.data.io import DataError
+    from spacevista.records.frames import FrameError
+    from spacevista.records.io import DataError
     from spacevista.eval.policy import EvalError, base_policy, load_policy_from_checkpoint
     from spacevista.eval.run import RunOptions, evaluate, read_eval_records
 

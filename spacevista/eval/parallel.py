@@ -16,7 +16,7 @@ import ray
 import torch
 
 from spacevista.actors.pool import WorkerPool
-from spacevista.actors.setup import start_ray
+from spacevista.cluster.local_ray import start_ray
 from spacevista.cluster.resources import ResourceError, reserve
 from spacevista.configs.schema import ClusterConfig, ModelConfig, RoleConfig, RolloutConfig
 from spacevista.eval.policy import EvalError

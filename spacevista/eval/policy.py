@@ -1,6 +1,6 @@
 """What evaluation takes from a training checkpoint: the base model, the scale experts, the router.
 
-A checkpoint `step_N/` (policies/checkpoint.py, checkpointing.py) holds one peft adapter directory
+A checkpoint `step_N/` (learner/checkpoint_files.py, cluster/run_storage.py) holds one peft adapter directory
 per expert, `router.safetensors` (the learned router), `base/` when full-parameter SFT
 trained the base model, and the `COMPLETE` marker. The base model the experts adapt is, first found:
 `--model`, `step_N/base/`, the marker's `model_path`. The base policy baseline (`--checkpoint none`)
@@ -20,10 +20,10 @@ from peft import LoraConfig
 from peft.utils import SAFETENSORS_WEIGHTS_NAME
 from safetensors.torch import load_file
 
-from spacevista.checkpointing import COMPLETE_MARKER, latest_checkpoint
+from spacevista.cluster.run_storage import COMPLETE_MARKER, latest_checkpoint
 from spacevista.configs.dense import DenseConfig, TinyDenseEncoderConfig
-from spacevista.policies.dense import FUSION_FILE, load_fusion
-from spacevista.policies.checkpoint import (BASE_DIR, PICKLED_LEARNER_FILE, ROUTER_FILE, CheckpointFormatError,
+from spacevista.policies.dense.fusion import FUSION_FILE, load_fusion
+from spacevista.learner.checkpoint_files import (BASE_DIR, PICKLED_LEARNER_FILE, ROUTER_FILE, CheckpointFormatError,
                                            read_router)
 from spacevista.configs.experts import expert_map
 from spacevista.policies.experts import ExpertLoRAConfig

@@ -20,19 +20,14 @@ from tqdm.auto import tqdm
 
 from spacevista.configs.dense import DENSE_WEIGHTS, DenseConfig
 from spacevista.configs.schema import ModelConfig, RolloutConfig
-from spacevista.data.convert import (
-    ConvertOptions,
-    Reject,
-    convert_item,
-    item_id,
-    iter_source,
-)
-from spacevista.data.frames import load_images, load_video
-from spacevista.data.io import iter_records
-from spacevista.data.schema import Record
+from spacevista.datasets.official.convert import ConvertOptions, Reject, convert_item, item_id
+from spacevista.datasets.official.files import iter_source
+from spacevista.records.frames import load_images, load_video
+from spacevista.records.io import iter_records
+from spacevista.records.schema import Record
 from spacevista.eval.policy import EvalError, EvalPolicy
 from spacevista.eval.scoring import EvalSample
-from spacevista.rewards.truth import parse_ground_truth
+from spacevista.grammar.truth import parse_ground_truth
 from spacevista.rollout.engine import BASE_EXPERT, Completion, GenerationRequest, SamplingParams
 
 ROUTINGS = ("learned", "label", "none")
@@ -224,7 +219,7 @@ class _FeatureModel:
             device = "cuda" if torch.cuda.is_available() else "cpu"
             self.model, self.processor = load_policy(policy.model_path, getattr(torch, _torch_dtype(options)), device)
             if policy.dense:  # the router was trained on the fused visual tokens
-                from spacevista.policies.dense import DenseBranch
+                from spacevista.policies.dense.branch import DenseBranch
 
                 _load_fusion(DenseBranch.build(policy.dense, self.model, self.processor, device), policy)
 

@@ -1,4 +1,4 @@
-"""Score benchmark answers the SpaceVista-Bench way, with the rewards' parsers and accuracy components.
+"""Score benchmark answers the SpaceVista-Bench way, with the answer grammar and the rewards' accuracy components.
 
 Per answer type (the bench's `answer_type` spelling first):
 - `mc` (choice): exact match of the choice letter (`rewards.components.choice_reward`).
@@ -8,7 +8,7 @@ Per answer type (the bench's `answer_type` spelling first):
   another dimension scores 0). A bare ground-truth number ("40", the public bench's form) reads the
   prediction as a bare number in the same unit: its unit, if any, is ignored, as in the bench's own
   scorer; number words ("three") count.
-- `text`: exact match after `rewards.parse.normalise_text` (`text_reward`).
+- `text`: exact match after `grammar.parse.normalise_text` (`text_reward`).
 - `count` (our records' count tasks; the public bench files counting under `numerical`): the
   rewards' count component, exact up to COUNT_EXACT_MAX, MRA above.
 
@@ -29,8 +29,8 @@ from typing import Any
 from spacevista.eval.official import (CHOICE_TYPES, NUMERIC_TYPES, OfficialResult, OfficialRow, Skipped,
                                       classify_answer_type, read_lines, score_lines)
 from spacevista.rewards.components import ACCURACY_REWARDS, mean_relative_accuracy
-from spacevista.rewards.parse import normalise_text, parse_choice, parse_completion, parse_count, parse_quantity
-from spacevista.rewards.truth import GroundTruth
+from spacevista.grammar.parse import normalise_text, parse_choice, parse_completion, parse_count, parse_quantity
+from spacevista.grammar.truth import GroundTruth
 from spacevista.scales import SCALE_BY_NAME, AnswerType, canonical_scale
 
 # The bench's `answer_type` values and ours (`count` is our extension).

@@ -19,7 +19,14 @@ from safetensors.torch import save_file
 
 from spacevista.configs.policy import LANGUAGE_MODEL_TARGET, ExpertLoRAConfig
 
-__all__ = ["LANGUAGE_MODEL_TARGET", "ExpertLoRAConfig", "attach_experts"]
+__all__ = ["LANGUAGE_MODEL_TARGET", "ExpertLoRAConfig", "attach_experts", "lora_config"]
+
+
+def lora_config(cfg: ExpertLoRAConfig | None = None) -> LoraConfig:
+    """The peft `LoraConfig` every expert shares."""
+    cfg = cfg or ExpertLoRAConfig()
+    return LoraConfig(r=cfg.rank, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout, target_modules=cfg.target_modules,
+                      init_lora_weights=cfg.init_lora_weights, bias="none")
 
 
 def attach_experts(model: torch.nn.Module, names: Iterable[str], lora: ExpertLoRAConfig | None = None,
@@ -35,10 +42,10 @@ def attach_experts(model: torch.nn.Module, names: Iterable[str], lora: ExpertLoR
         raise ValueError("attach_experts: no expert names given")
     if len(set(names)) != len(names):
         raise ValueError(f"attach_experts: duplicate expert names {names}")
-    peft_cfg = (lora or ExpertLoRAConfig()).to_peft()
+    peft_cfg = lora_config(lora)
     peft_model = get_peft_model(model, peft_cfg, adapter_name=names[0])
     for name in names[1:]:
-        peft_model.add_adapter(name, (lora or ExpertLoRAConfig()).to_peft())
+        peft_model.add_adapter(name, lora_config(lora))
     set_experts_trainable(peft_model, names if trainable else [])
     return peft_model.eval()  # get_peft_model leaves train mode, where peft refuses `adapter_names`
 

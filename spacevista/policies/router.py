@@ -15,16 +15,12 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
 from spacevista.configs.policy import RouterConfig
 from spacevista.scales import canonical_scale
-
-if TYPE_CHECKING:
-    from verl import DataProto
 
 
 def _language_model(model: nn.Module) -> nn.Module:
@@ -82,19 +78,12 @@ def feature_dim(model: nn.Module) -> int:
 
 
 @torch.no_grad()
-def prompt_features(model: nn.Module, encoded: DataProto | Mapping[str, torch.Tensor]) -> torch.Tensor:
-    """Pooled prompt features [B, 2H] of a collated batch (prompt part only) or of processor output."""
-    # verl (and through it Ray) only when asked: importing the router stays Ray-free, as a pure layer should
-    from verl import DataProto
-
-    from spacevista.policies.logprobs import model_inputs
-
+def prompt_features(model: nn.Module, encoded: Mapping[str, torch.Tensor], prompt_len: int | None = None
+                    ) -> torch.Tensor:
+    """Pooled prompt features [B, 2H] of processor output (or a batch's model inputs whose first
+    `prompt_len` positions are the prompt; a training batch: `learner.routing.batch_prompt_features`)."""
     device = next(model.parameters()).device
-    if isinstance(encoded, DataProto):
-        inputs = model_inputs(encoded, device)
-        prompt_len = inputs["input_ids"].shape[1] - encoded.batch["responses"].shape[1]
-    else:
-        inputs, prompt_len = {k: v.to(device) for k, v in encoded.items() if torch.is_tensor(v)}, None
+    inputs = {k: v.to(device) for k, v in encoded.items() if torch.is_tensor(v)}
     with capture_prompt_features(model) as capture:
         model(**inputs, use_cache=False, logits_to_keep=1)
     return pool_prompt_features(capture.embeds, inputs["input_ids"], inputs["attention_mask"],

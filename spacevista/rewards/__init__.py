@@ -9,7 +9,7 @@ stepwise combiner, plugins and batch scoring. Pure Python: no torch, no ray.
 # with the training config (configs/schema.py) and are re-exported here.
 from spacevista.configs.schema import PluginConfig, RewardConfig, RewardWeights
 from spacevista.rewards.components import MRA_THRESHOLDS, mean_relative_accuracy
-from spacevista.rewards.parse import NoAnswer, ParsedCompletion, parse_completion
+from spacevista.grammar.parse import NoAnswer, ParsedCompletion, parse_completion
 from spacevista.rewards.pipeline import RewardPipeline
 from spacevista.rewards.registry import (
                                          PluginLoadError,
@@ -24,7 +24,7 @@ from spacevista.rewards.stepwise import (
                                          aggregate_breakdowns,
                                          compute_score,
 )
-from spacevista.rewards.truth import GroundTruth, GroundTruthError, parse_ground_truth
+from spacevista.grammar.truth import GroundTruth, GroundTruthError, parse_ground_truth
 
 __all__ = [
     "MRA_THRESHOLDS", "GroundTruth", "GroundTruthError", "NoAnswer", "ParsedCompletion", "PluginLoadError",

@@ -9,7 +9,7 @@ from __future__ import annotations
 from bisect import bisect_left
 from collections.abc import Callable
 
-from spacevista.rewards.parse import (
+from spacevista.grammar.parse import (
     ParsedCompletion,
     normalise_text,
     parse_choice,
@@ -17,7 +17,7 @@ from spacevista.rewards.parse import (
     parse_quantity,
     parse_scale,
 )
-from spacevista.rewards.truth import GroundTruth
+from spacevista.grammar.truth import GroundTruth
 from spacevista.scales import SCALES, AnswerType, convert, unit_dimension
 
 Component = tuple[float, str]

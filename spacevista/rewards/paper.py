@@ -25,8 +25,8 @@ from typing import Any
 import numpy as np
 
 from spacevista.rewards.components import Component, quantity_in_truth_unit
-from spacevista.rewards.parse import parse_completion, parse_count
-from spacevista.rewards.truth import GroundTruth, parse_ground_truth
+from spacevista.grammar.parse import parse_completion, parse_count
+from spacevista.grammar.truth import GroundTruth, parse_ground_truth
 from spacevista.scales import AnswerType
 
 MAGNITUDE_BASE = 10.0  # log10: the reading of the paper's `log` (orders of magnitude); see README

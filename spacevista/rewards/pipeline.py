@@ -27,7 +27,7 @@ from spacevista.rewards.stepwise import (
     check_weights,
     error_breakdown,
 )
-from spacevista.rewards.truth import GroundTruth, GroundTruthError, parse_ground_truth
+from spacevista.grammar.truth import GroundTruth, GroundTruthError, parse_ground_truth
 from spacevista.scales import AnswerType
 
 STEPWISE = "stepwise"

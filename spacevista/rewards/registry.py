@@ -29,9 +29,9 @@ from spacevista.rewards.components import (
     text_reward,
 )
 from spacevista.rewards.paper import magnitude_score, semantic_score
-from spacevista.rewards.parse import parse_completion
+from spacevista.grammar.parse import parse_completion
 from spacevista.rewards.stepwise import compute_score
-from spacevista.rewards.truth import GroundTruthError, parse_ground_truth
+from spacevista.grammar.truth import GroundTruthError, parse_ground_truth
 from spacevista.scales import OutputFormat
 
 ENTRY_POINT_GROUP = "spacevista.rewards"

@@ -17,8 +17,8 @@ from spacevista.rewards.components import (
     format_reward,
     scale_reward,
 )
-from spacevista.rewards.parse import parse_completion
-from spacevista.rewards.truth import GroundTruth, GroundTruthError, parse_ground_truth
+from spacevista.grammar.parse import parse_completion
+from spacevista.grammar.truth import GroundTruth, GroundTruthError, parse_ground_truth
 from spacevista.configs.checks import weights_problems
 from spacevista.configs.schema import RewardWeights
 from spacevista.scales import AnswerType, OutputFormat

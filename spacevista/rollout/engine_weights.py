@@ -9,7 +9,8 @@ from collections.abc import Mapping
 
 import torch
 
-from spacevista.policies.dense import DenseBranch, load_fusion_state_dict
+from spacevista.policies.dense.branch import DenseBranch
+from spacevista.policies.dense.fusion import load_fusion_state_dict
 
 
 class EngineWeights:

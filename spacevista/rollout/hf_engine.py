@@ -19,7 +19,7 @@ from transformers import (GenerationConfig, LogitsProcessor, SuppressTokensLogit
 
 from spacevista.configs.dense import DenseConfig
 from spacevista.policies.chat import media_token_ids
-from spacevista.policies.dense import DenseBranch
+from spacevista.policies.dense.branch import DenseBranch
 from spacevista.policies.experts import ExpertLoRAConfig, attach_experts, load_expert_state_dict
 from spacevista.policies.prompts import encode_batch
 from spacevista.policies.tiny import load_policy

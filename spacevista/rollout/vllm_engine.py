@@ -30,8 +30,14 @@ import torch
 
 from spacevista.configs.dense import DenseConfig
 from spacevista.policies.chat import media_token_ids
-from spacevista.policies.dense import DenseBranch, fused_visual_embeds, visual_tower
-from spacevista.policies.experts import ExpertLoRAConfig, attach_experts, expert_state_dict, write_expert_dir
+from spacevista.policies.dense.branch import DenseBranch, fused_visual_embeds, visual_tower
+from spacevista.policies.experts import (
+    ExpertLoRAConfig,
+    attach_experts,
+    expert_state_dict,
+    lora_config,
+    write_expert_dir,
+)
 from spacevista.policies.prompts import EncodedPrompt, chat_text, encode_prompts
 from spacevista.policies.tiny import load_policy
 from spacevista.rollout.engine import (BASE_EXPERT, VIDEO_FPS, Completion, GenerationRequest, SamplingParams,
@@ -133,7 +139,7 @@ class VLLMEngine(EngineWeights):
         fresh = {}
         for expert, state in weights.items():
             lora_id = next(self._ids)
-            path = write_expert_dir(self._root / f"{expert}-{lora_id}", self._lora.to_peft(), state)
+            path = write_expert_dir(self._root / f"{expert}-{lora_id}", lora_config(self._lora), state)
             fresh[expert] = self._vllm.lora.request.LoRARequest(expert, lora_id, str(path))
         with self._lock:
             stale = [self._adapters[e] for e in fresh if e in self._adapters]

@@ -76,7 +76,7 @@ def train_command(trial: Trial) -> list[str]:
 
 def eval_command(trial: Trial, variant: str, kind: str, data: Path, eval_args: tuple[str, ...]) -> list[str]:
     """`eval run` of the run's final checkpoint (router learned or label), or of its SFT-trained base."""
-    from spacevista.checkpointing import latest_checkpoint
+    from spacevista.cluster.run_storage import latest_checkpoint
 
     run = Path(trial.run_dir)
     if kind == "sft":
@@ -92,7 +92,7 @@ def eval_command(trial: Trial, variant: str, kind: str, data: Path, eval_args: t
 
 def held_out_data(overrides: tuple[str, ...]) -> Path:
     """The split `eval run` reads: data.test if set, else the synthetic set's root (its test/ split)."""
-    from spacevista.actors.setup import _synthetic_data  # cached by its parameters: training built it already
+    from spacevista.preflight import _synthetic_data  # cached by its parameters: training built it already
     from spacevista.configs.loader import compose, to_train_config
 
     cfg = to_train_config(compose(list(overrides)))
@@ -137,7 +137,7 @@ def run_trials(trials: list[Trial], options: StudyOptions, progress: Any = print
     """Every trial as a Ray task (a local Ray unless `options.address`), at most `parallel` at once locally."""
     import ray
 
-    from spacevista.actors.setup import loopback_node_ip
+    from spacevista.cluster.local_ray import loopback_node_ip
 
     owns = not ray.is_initialized()
     if owns and options.address:
