@@ -71,13 +71,13 @@ def _config(steps: int, learners: int | None = None):
 
 # ---- workers (each runs in its own process) ------------------------------------------------------
 def worker_ours(args: argparse.Namespace) -> dict:
-    from spacevista.actors.controller import train
+    from spacevista.actors.controller import run_training
 
     cfg = _config(args.steps, args.learners)
     run_dir = Path(args.out) / f"ours-{args.learners}rank"
     shutil.rmtree(run_dir, ignore_errors=True)
     start = time.perf_counter()
-    train(cfg, run_dir)
+    run_training(cfg, run_dir)
     wall = time.perf_counter() - start
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
     rows.sort(key=lambda r: r["step"])

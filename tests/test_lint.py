@@ -100,3 +100,14 @@ def test_importing_a_module_loads_nothing_its_layer_forbids(module):
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert proc.stdout.strip() == "[]", f"importing {module} loads {proc.stdout.strip()}"
+
+
+def test_the_record_schema_loads_no_dataset_maker_and_no_reward():
+    """`from spacevista.records import Record` loads the schema and the scales, not the converter, the
+    synthetic scenes or the reward pipeline (the old `data/__init__` imported all of them)."""
+    code = ("import sys; from spacevista.records import Record; "
+            "print(sorted(m for m in sys.modules if m.startswith('spacevista')))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert proc.stdout.strip() == str(["spacevista", "spacevista.records", "spacevista.records.schema",
+                                       "spacevista.scales"])
