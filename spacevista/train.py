@@ -30,14 +30,28 @@ def _fail(err: Exception) -> None:
     print(f"error: {err}", file=sys.stderr, flush=True)
     output = Path(HydraConfig.get().runtime.output_dir) if HydraConfig.initialized() else None
     if output is not None and output.is_dir() and {p.name for p in output.iterdir()} <= HYDRA_FILES:
-        import logging
         import shutil
 
-        logging.shutdown()  # Hydra's file handler holds train.log open
+        _drop_file_handlers(output)  # Hydra's file handler holds train.log open
         shutil.rmtree(output, ignore_errors=True)
         if output.parent.name == "runs" and not any(output.parent.iterdir()):
             output.parent.rmdir()  # Hydra's default parent (runs/<time>), now empty
     raise SystemExit(EXIT_INVALID)
+
+
+def _drop_file_handlers(directory: Path) -> None:
+    """Close and detach every logging file handler writing under `directory`. Closing is not enough: a closed
+    FileHandler reopens its file on the next record, and once the directory is gone that record raises
+    FileNotFoundError in whatever code of this process logs next (it did: matplotlib's first import)."""
+    import logging
+
+    loggers = [logging.getLogger(), *(logger for logger in logging.Logger.manager.loggerDict.values()
+                                      if isinstance(logger, logging.Logger))]
+    for logger in loggers:
+        for handler in list(logger.handlers):
+            if isinstance(handler, logging.FileHandler) and Path(handler.baseFilename).is_relative_to(directory):
+                logger.removeHandler(handler)
+                handler.close()
 
 
 @hydra.main(config_path="configs", config_name="train", version_base="1.3")

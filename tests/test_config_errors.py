@@ -97,6 +97,24 @@ def test_cli_exits_2_naming_the_key_without_starting_ray(capsys, tmp_path):
     assert elapsed < 30 and not (tmp_path / "checkpoints").exists()
 
 
+def test_a_failed_start_leaves_no_log_handler_on_its_removed_directory(tmp_path):
+    """The failed start removes Hydra's run directory; its train.log handler must go with it, or the next
+    record logged anywhere in this process reopens the file and raises FileNotFoundError."""
+    import logging
+
+    from spacevista.cli import main
+
+    run_dir = tmp_path / "run"
+    assert main(["train", "rollout.temperature=-1", f"run_dir={run_dir}"]) == 2
+    assert not run_dir.exists()
+    loggers = [logging.getLogger(), *(lg for lg in logging.Logger.manager.loggerDict.values()
+                                      if isinstance(lg, logging.Logger))]
+    stale = [h.baseFilename for lg in loggers for h in lg.handlers
+             if isinstance(h, logging.FileHandler) and str(tmp_path) in h.baseFilename]
+    assert stale == []
+    logging.getLogger("spacevista.test").warning("a record after the failed start")  # must not raise
+
+
 def test_cli_refuses_a_plus_typo_before_hydra_composes(capsys):
     from spacevista.cli import main
 
