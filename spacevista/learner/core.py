@@ -65,7 +65,6 @@ from spacevista.policies.tiny import load_policy
 ADDITIVE_METRICS = ("loss", "pg_loss", "kl", "entropy", "sft_loss")  # shares of the global mean: summed
 
 
-
 class LearnerCore(LearnerState):
     """Owns the policy (base + one LoRA expert per scale), the router and their optimizer."""
 
