@@ -29,7 +29,7 @@ from peft import PeftModel
 from safetensors.torch import load_file, save_file
 
 from spacevista.policies.dense.fusion import FUSION_FILE, load_fusion, save_fusion
-from spacevista.policies.experts import write_expert_dir
+from spacevista.policies.experts import is_lora, write_expert_dir
 
 LEARNER_FILE = "learner.json"
 ROUTER_FILE = "router.safetensors"
@@ -66,12 +66,12 @@ def hf_key(model_key: str) -> str:
 
 
 def hf_base_state_dict(model_state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    return {hf_key(k): v for k, v in model_state.items() if "lora_" not in k}
+    return {hf_key(k): v for k, v in model_state.items() if not is_lora(k)}
 
 
 def hf_to_model_keys(model: PeftModel, hf_state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """HF-named base weights -> the PeftModel's names (LoRA-wrapped layers gain `.base_layer`)."""
-    names = {hf_key(n): n for n in model.state_dict() if "lora_" not in n}
+    names = {hf_key(n): n for n in model.state_dict() if not is_lora(n)}
     unknown = set(hf_state) - set(names)
     if unknown:
         raise KeyError(f"base weights the model does not have: {sorted(unknown)[:5]}")

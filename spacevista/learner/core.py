@@ -49,10 +49,16 @@ from spacevista.learner.objectives import ObjectiveConfig, policy_objective
 from spacevista.learner.optim import OptimConfig, ParamGroup, build_optimizer, build_scheduler, step_present
 from spacevista.learner.routing import router_backward, sample_prompt_features
 from spacevista.learner.sharding import fsdp_root, shard_policy
-from spacevista.learner.state import LearnerState, is_lora
+from spacevista.learner.state import LearnerState
 from spacevista.policies.dense import branch as dense_branch
 from spacevista.policies.dense import fusion as dense_fusion
-from spacevista.policies.experts import ExpertLoRAConfig, attach_experts, base_model_only, expert_parameters
+from spacevista.policies.experts import (
+    ExpertLoRAConfig,
+    attach_experts,
+    base_model_only,
+    expert_parameters,
+    is_lora,
+)
 from spacevista.policies.router import (
     RouterConfig,
     ScaleRouter,

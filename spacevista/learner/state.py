@@ -26,10 +26,7 @@ from spacevista.learner import checkpoint_files
 from spacevista.learner.sharding import gather_full_state
 from spacevista.policies.dense import branch as dense_branch
 from spacevista.policies.dense import fusion as dense_fusion
-
-
-def is_lora(name: str) -> bool:
-    return "lora_" in name
+from spacevista.policies.experts import is_lora
 
 
 class LearnerState:

@@ -19,7 +19,12 @@ from safetensors.torch import save_file
 
 from spacevista.configs.policy import LANGUAGE_MODEL_TARGET, ExpertLoRAConfig
 
-__all__ = ["LANGUAGE_MODEL_TARGET", "ExpertLoRAConfig", "attach_experts", "lora_config"]
+__all__ = ["LANGUAGE_MODEL_TARGET", "ExpertLoRAConfig", "attach_experts", "is_lora", "lora_config"]
+
+
+def is_lora(name: str) -> bool:
+    """Whether a parameter (or state-dict key) belongs to a LoRA expert, by peft's `lora_` naming."""
+    return "lora_" in name
 
 
 def lora_config(cfg: ExpertLoRAConfig | None = None) -> LoraConfig:
@@ -55,7 +60,7 @@ def expert_names(model: PeftModel) -> list[str]:
 
 
 def _is_expert_param(param_name: str, expert: str) -> bool:
-    return f".{expert}." in param_name and "lora_" in param_name
+    return f".{expert}." in param_name and is_lora(param_name)
 
 
 def expert_parameters(model: torch.nn.Module, expert: str) -> dict[str, torch.nn.Parameter]:
