@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import math
+import numbers
 import sys
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -74,26 +76,43 @@ class Tracker:
                                     resume="allow", name=run_dir.name)
         self.bar = tqdm(total=total_steps, initial=start_step, desc="train", unit="step",
                         disable=not cfg.progress, dynamic_ncols=True)
+        self.nonfinite: Counter[str] = Counter()  # {metric: rows where it was not a finite number}
+        self._last_bad: set[str] = set()
 
     def log(self, step: int, scalars: Mapping[str, float], postfix: Mapping[str, Any]) -> None:
-        clean = {k: float(v) for k, v in scalars.items() if isinstance(v, (int, float)) and math.isfinite(v)}
+        """One training step. A value that is not a finite number is never dropped silently: it is
+        written as null in metrics.jsonl, counted in `nonfinite` (and in TensorBoard's
+        `tracking/nonfinite_metrics`), left out of the TensorBoard/W&B scalars (a gap there), shown
+        in the console when the set of such metrics changes and on the progress bar while any is."""
+        row, finite, bad = split_finite(scalars)
         with self.history_path.open("a") as fh:
-            fh.write(json.dumps({"step": step, **clean}) + "\n")
+            fh.write(json.dumps({"step": step, **row}, allow_nan=False) + "\n")
+        self.nonfinite.update(bad.keys())
+        if bad.keys() != self._last_bad:
+            listed = ", ".join(f"{k}={v}" for k, v in bad.items()) or "none now"
+            self.message(f"step {step}: non-finite metrics (null in metrics.jsonl, a gap in TensorBoard/W&B): "
+                         f"{listed}")
+            self._last_bad = set(bad)
         if self.tb is not None:
-            for k, v in clean.items():
+            for k, v in finite.items():
                 self.tb.add_scalar(k, v, step)
+            self.tb.add_scalar("tracking/nonfinite_metrics", float(len(bad)), step)
             self.tb.flush()
         if self.wandb is not None:
-            self.wandb.log(clean, step=step)
-        self.bar.set_postfix(postfix, refresh=False)
+            self.wandb.log(finite, step=step)
+        self.bar.set_postfix({**postfix, **({"non-finite": len(bad)} if bad else {})}, refresh=False)
         self.bar.update(1)
 
     def log_eval(self, step: int, per_scale: Mapping[str, Mapping[str, float]]) -> None:
         """Held-out greedy evaluation: eval.jsonl, TensorBoard/W&B under eval/."""
-        flat = {(f"eval/{k}" if s == "all" else f"eval/{s}/{k}"): float(v)
-                for s, row in per_scale.items() for k, v in row.items()}
+        row, flat, bad = split_finite({(f"eval/{k}" if s == "all" else f"eval/{s}/{k}"): v
+                                       for s, scale_row in per_scale.items() for k, v in scale_row.items()})
         with (self.run_dir / "eval.jsonl").open("a") as fh:
-            fh.write(json.dumps({"step": step, **flat}) + "\n")
+            fh.write(json.dumps({"step": step, **row}, allow_nan=False) + "\n")
+        self.nonfinite.update(bad.keys())
+        if bad:
+            self.message(f"eval @ step {step}: non-finite metrics (null in eval.jsonl): "
+                         + ", ".join(f"{k}={v}" for k, v in bad.items()))
         if self.tb is not None:
             for k, v in flat.items():
                 self.tb.add_scalar(k, v, step)
@@ -117,6 +136,24 @@ class Tracker:
             self.tb.close()
         if self.wandb is not None:
             self.wandb.finish()
+
+
+def split_finite(scalars: Mapping[str, Any]) -> tuple[dict[str, float | None], dict[str, float], dict[str, str]]:
+    """(the JSONL row: every key, None where the value is not a finite number; the finite values;
+    {key: what it was} for the others: "nan", "inf", or the type of what is not a number)."""
+    row: dict[str, float | None] = {}
+    finite: dict[str, float] = {}
+    bad: dict[str, str] = {}
+    for k, v in scalars.items():
+        if not isinstance(v, numbers.Real):  # numpy's scalars are; a string or a tensor is not
+            row[k], bad[k] = None, type(v).__name__
+            continue
+        value = float(v)
+        if math.isfinite(value):
+            row[k] = finite[k] = value
+        else:
+            row[k], bad[k] = None, repr(value)
+    return row, finite, bad
 
 
 STEP_LOGS = ("metrics.jsonl", "eval.jsonl", "samples.jsonl")  # JSONL logs with one or more rows per step
@@ -147,15 +184,17 @@ def _row_step(line: str) -> float:
         return math.inf
 
 
-def read_history(run_dir: Path, name: str = "metrics.jsonl") -> list[dict[str, float]]:
-    """Rows of a JSONL log by step; after a resume, a re-run step's newer row replaces the older one."""
-    rows: dict[int, dict[str, float]] = {}
+def read_history(run_dir: Path, name: str = "metrics.jsonl", nulls: bool = False) -> list[dict[str, Any]]:
+    """Rows of a JSONL log by step; after a resume, a re-run step's newer row replaces the older one.
+    A null (a value that was not a finite number when logged) is left out of its row, so that readers
+    that average `r[key] for r in rows if key in r` skip it, unless `nulls` keeps it as None."""
+    rows: dict[int, dict[str, Any]] = {}
     path = run_dir / name
     if path.exists():
         for line in path.read_text().splitlines():
             if line.strip():
                 row = json.loads(line)
-                rows[int(row["step"])] = row
+                rows[int(row["step"])] = row if nulls else {k: v for k, v in row.items() if v is not None}
     return [rows[k] for k in sorted(rows)]
 
 
@@ -173,19 +212,20 @@ def plot_reward_curves(run_dir: Path, out: Path | None = None, smoothing: float 
     out = out or run_dir / "reward_curves.png"
     fig, ax = plt.subplots(figsize=(8, 4.5), dpi=110)
     for key, label in [("reward/fixed_total", "all scales")] + [(f"reward/{s}/fixed_total", s) for s in SCALES]:
-        pts = [(r["step"], r[key]) for r in rows if key in r]
+        pts = [(r["step"], r[key]) for r in rows if r.get(key) is not None]
         if pts:
             xs, ys = zip(*pts)
             overall = label == "all scales"
             line, = ax.plot(xs, _ema(ys, smoothing), label=label, linewidth=2.2 if overall else 1.2)
             if overall:
                 ax.plot(xs, ys, color=line.get_color(), alpha=0.25, linewidth=1)
-    stages = [(r["step"], r["curriculum/stage"]) for r in rows if "curriculum/stage" in r]
+    stages = [(r["step"], r["curriculum/stage"]) for r in rows if r.get("curriculum/stage") is not None]
     for (_, before), (step, stage) in zip(stages, stages[1:]):
         if stage != before:
             ax.axvline(step, color="grey", linestyle=":", linewidth=1)
             ax.text(step, 0.02, f" stage {int(stage)}", fontsize=7, color="grey", rotation=90, va="bottom")
-    evals = [(r["step"], r["eval/fixed_total"]) for r in read_history(run_dir, "eval.jsonl") if "eval/fixed_total" in r]
+    evals = [(r["step"], r["eval/fixed_total"]) for r in read_history(run_dir, "eval.jsonl")
+             if r.get("eval/fixed_total") is not None]
     if evals:
         ax.plot(*zip(*evals), "ko--", markersize=4, linewidth=1, label="held-out eval (greedy)")
     ax.set_xlabel("step")

@@ -169,7 +169,8 @@ def test_raising_plugin_is_isolated_and_the_batch_goes_on():
     pipeline = pipeline_with(fragile)
     breakdowns = pipeline.score_batch(items(format_output("boom", "indoor", "3.2 m"), GOOD))
     assert breakdowns[0].error == "plugin 'fragile' raised RuntimeError: boom"
-    assert breakdowns[0].total == pytest.approx(0.5)
+    assert breakdowns[0].total == 1.0  # masked: the failed call's weight is left out, not scored 0
+    assert breakdowns[0].terms == {"main": (1.0, 1.0), "fragile": (1.0, None)}
     assert (breakdowns[1].error, breakdowns[1].total) == (None, 1.0)
     assert pipeline.error_counts == {"fragile": 1}
 
@@ -177,6 +178,23 @@ def test_raising_plugin_is_isolated_and_the_batch_goes_on():
 def test_plugin_name_may_not_shadow_a_stepwise_component():
     with pytest.raises(ValueError, match="component name 'format' is taken"):
         RewardPipeline(RewardConfig(plugins=[PluginConfig("format")]))
+
+
+def test_plugin_may_not_take_the_main_terms_name():
+    with pytest.raises(ValueError, match="component name 'main' is taken"):
+        RewardPipeline(RewardConfig(plugins=[PluginConfig("format", name="main")]))
+
+
+def test_a_failing_named_main_reward_scores_zero_and_is_not_masked():
+    def broken(data_source, solution_str, ground_truth, extra_info):
+        raise RuntimeError("down")
+
+    register_reward("broken")(broken)
+    pipeline = RewardPipeline(RewardConfig(plugins=[PluginConfig("format", name="form")], isolate_plugins=False),
+                              main="broken")
+    breakdown = pipeline.score_batch(items(GOOD))[0]
+    assert (breakdown.total, breakdown.terms) == (0.5, {"main": (1.0, 0.0), "form": (1.0, 1.0)})
+    assert breakdown.error == "plugin 'broken' raised RuntimeError: down"
 
 
 def test_plugin_can_be_renamed_to_avoid_a_clash():

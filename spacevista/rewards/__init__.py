@@ -10,6 +10,7 @@ stepwise combiner, plugins and batch scoring. Pure Python: no torch, no ray.
 from spacevista.configs.schema import PluginConfig, RewardConfig, RewardWeights
 from spacevista.rewards.components import MRA_THRESHOLDS, mean_relative_accuracy
 from spacevista.grammar.parse import NoAnswer, ParsedCompletion, parse_completion
+from spacevista.rewards.groups import group_totals, zero_variance_fraction
 from spacevista.rewards.pipeline import RewardPipeline
 from spacevista.rewards.registry import (
                                          PluginLoadError,
@@ -30,5 +31,6 @@ __all__ = [
     "MRA_THRESHOLDS", "GroundTruth", "GroundTruthError", "NoAnswer", "ParsedCompletion", "PluginLoadError",
     "PluginConfig", "RewardBreakdown", "RewardConfig", "RewardPipeline", "RewardWeights", "StepwiseReward",
     "aggregate_breakdowns", "available_rewards", "call_reward", "compute_score", "load_reward",
-    "mean_relative_accuracy", "parse_completion", "parse_ground_truth", "register_reward",
+    "group_totals", "mean_relative_accuracy", "parse_completion", "parse_ground_truth", "register_reward",
+    "zero_variance_fraction",
 ]

@@ -2,11 +2,16 @@
 training config's `RewardConfig` (configs/schema.py, the one home of every reward key).
 
 total = (W * main + sum_p w_p * plugin_p) / (W + sum_p w_p), where `main` is the stepwise total (or
-the named reward's score) and W the sum of the stepwise weights (1 for a named reward).
+the named reward's score) and W the sum of the stepwise weights (1 for a named reward); the breakdown's
+`terms` keep each (weight, score) so the total can be recomputed without some of them.
 
 Plugins are user code: each runs in its own process (`isolation.IsolatedReward`) with a deadline per
-call; a call that times out, raises, exits or crashes scores 0 there, is counted per plugin
-(`error_counts`, `plugin_errors(breakdowns)`), and its captured output (capped) goes to stderr.
+call. A call that times out, raises, exits or crashes is masked, not scored 0: that plugin's weight is
+left out of that sample's total (its term's score is None; its component reads 0 with the reason), the
+breakdown's `error` says so, it is counted per plugin (`error_counts`, `plugin_errors(breakdowns)`), and
+its captured output (capped) goes to stderr. Masking one sample still leaves it normalised over other
+terms than its GRPO group mates: `groups.group_totals` leaves a plugin that failed anywhere in a group
+out of the whole group. (A failing named main reward is not masked: it scores 0.)
 """
 
 from __future__ import annotations
@@ -22,10 +27,12 @@ from spacevista.configs.schema import PluginConfig, RewardConfig, RewardWeights
 from spacevista.rewards.isolation import IsolatedReward, PluginResult
 from spacevista.rewards.registry import call_reward, load_reward
 from spacevista.rewards.stepwise import (
+    MAIN,
     RewardBreakdown,
     StepwiseReward,
     check_weights,
     error_breakdown,
+    terms_total,
 )
 from spacevista.grammar.truth import GroundTruth, GroundTruthError, parse_ground_truth
 from spacevista.scales import AnswerType
@@ -65,7 +72,8 @@ PRINTED_FAILURES = 3  # failing calls per plugin and batch whose captured output
 class RewardPipeline:
     """Scores batches of (ground truth, completion, data_source, extra_info). Plugins are loaded at
     construction (a bad spec raises PluginLoadError); a plugin failing on a sample (error, timeout,
-    exit) scores 0 there, sets the breakdown's `error` and is counted in `error_counts`."""
+    exit) is left out of that sample's total (see the module docstring), sets the breakdown's `error`
+    and is counted in `error_counts`."""
 
     def __init__(self, config: RewardConfig | None = None, main: str = STEPWISE) -> None:
         """`main`: "stepwise", or a reward spec scored alone in its place (`rewards score --reward`)."""
@@ -75,7 +83,7 @@ class RewardPipeline:
         self.main: _Plugin | None = None
         if main != STEPWISE:
             self.main = _load_plugin(PluginConfig(main), config)
-        taken = set(RESERVED_NAMES | {self.main.name if self.main else STEPWISE})
+        taken = set(RESERVED_NAMES | {MAIN, self.main.name if self.main else STEPWISE})  # MAIN: the main term
         plugins = []
         for spec in config.plugins:
             plugin = _load_plugin(spec, config)
@@ -126,7 +134,7 @@ class RewardPipeline:
         for name, errors in self._batch_errors.items():
             if n and errors / n > self.config.warn_error_rate:
                 print(f"warning: reward plugin {name!r} failed on {errors} of {n} samples in this batch "
-                      f"(scored 0 there)", file=sys.stderr, flush=True)
+                      f"(left out of those samples' totals)", file=sys.stderr, flush=True)
 
     def _score(self, truth: GroundTruth | GroundTruthError, raw: Any, completion: str, data_source: str,
                extra_info: dict[str, Any] | None) -> RewardBreakdown:
@@ -138,20 +146,21 @@ class RewardPipeline:
         else:
             breakdown = RewardBreakdown(0.0, {}, {}, truth.scale, truth.task)
             self._run_plugin(self.main, breakdown, raw, completion, data_source, extra_info)
-            breakdown.total = breakdown.components[self.main.name]
+            breakdown.total = breakdown.components[self.main.name]  # 0 where it failed: not masked
             base_weight = 1.0
+        breakdown.terms[MAIN] = (base_weight, breakdown.total)
         if not self.plugins:
             return breakdown
-        weighted, weight_sum = breakdown.total * base_weight, base_weight
         for plugin in self.plugins:
             weight = self._plugin_weights.get(plugin.name, plugin.weight)
-            weighted += weight * self._run_plugin(plugin, breakdown, raw, completion, data_source, extra_info)
-            weight_sum += weight
-        breakdown.total = min(1.0, weighted / weight_sum)
+            breakdown.terms[plugin.name] = (
+                weight, self._run_plugin(plugin, breakdown, raw, completion, data_source, extra_info))
+        breakdown.total = terms_total(breakdown.terms)
         return breakdown
 
     def _run_plugin(self, plugin: _Plugin, breakdown: RewardBreakdown, raw: Any, completion: str,
-                    data_source: str, extra_info: dict[str, Any] | None) -> float:
+                    data_source: str, extra_info: dict[str, Any] | None) -> float | None:
+        """Call `plugin` and record its component and reason in `breakdown`: its score, None if it failed."""
         if self._timeouts_in_a_row[plugin.name] >= CONSECUTIVE_TIMEOUTS:
             result = PluginResult(0.0, f"skipped: timed out {CONSECUTIVE_TIMEOUTS} times in a row in this batch")
         else:
@@ -168,7 +177,7 @@ class RewardPipeline:
             if result.output and self._batch_errors[plugin.name] <= PRINTED_FAILURES:
                 print(f"reward plugin {plugin.name!r} {result.error}; its output:\n{result.output}",
                       file=sys.stderr, flush=True)
-        return result.score
+        return result.score if result.error is None else None
 
 
 _UNSET = object()

@@ -4,7 +4,7 @@ its verl entry point `compute_score`."""
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
@@ -34,10 +34,19 @@ def check_weights(weights: RewardWeights) -> RewardWeights:
     return weights
 
 
+# {term: (weight, score)}: what a total is the weighted mean of; score None = the call failed (left out)
+Terms = dict[str, tuple[float, float | None]]
+MAIN = "main"  # the term of the main reward (stepwise, or the named reward in its place)
+
+
 @dataclass(slots=True)
 class RewardBreakdown:
     """One sample's reward: `total` in [0, 1] and each component (`format`, `scale`, the answer
-    type's `numeric`/`choice`/`count`/`text`, then plugins by name) with the reason for its value."""
+    type's `numeric`/`choice`/`count`/`text`, then plugins by name) with the reason for its value.
+
+    `terms` (set by the batch pipeline, empty otherwise) is what `total` is the weighted mean of:
+    {"main": (W, main score), plugin: (weight, score or None where the call failed)}, so that a total
+    can be recomputed without some terms (`terms_total`, rewards/groups.py)."""
 
     total: float
     components: dict[str, float]
@@ -45,6 +54,19 @@ class RewardBreakdown:
     scale: str | None
     task: str | None
     error: str | None = None
+    terms: Terms = field(default_factory=dict)
+
+
+def terms_total(terms: Terms, leave_out: Collection[str] = ()) -> float:
+    """The weighted mean of `terms`' scores, clipped to [0, 1], without the terms in `leave_out` and
+    those that failed (score None); 0 if no weight is left. The pipeline's total is this with nothing
+    left out, so a recomputation over the same terms is bit-for-bit the same."""
+    weighted = weight_sum = 0.0
+    for name, (weight, score) in terms.items():
+        if score is not None and name not in leave_out:
+            weighted += weight * score
+            weight_sum += weight
+    return min(1.0, max(0.0, weighted / weight_sum)) if weight_sum > 0 else 0.0
 
 
 def error_breakdown(error: str) -> RewardBreakdown:
