@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from spacevista.atomic_dir import build_once
+from spacevista.cluster.run_storage import resume_problem
 from spacevista.configs.checks import ConfigError, rule_problems, value_problems
 from spacevista.configs.schema import RewardConfig, TrainConfig
 from spacevista.records.io import RecordDataset
@@ -24,9 +25,10 @@ __all__ = ["ConfigError", "PreparedRun", "prepare_model", "prepare_run", "regist
 
 def validate_config(cfg: TrainConfig) -> None:
     """Every check before Ray starts: values and rules between keys (`configs.checks`), verl's estimator
-    and loss names, and each reward plugin imported and built as a reward worker would; one ConfigError."""
+    and loss names, each reward plugin imported and built as a reward worker would, and `resume=never`
+    refused over a `run_dir` that holds checkpoints; one ConfigError."""
     plugin_names: list[str] = []
-    problems = _objective_problems(cfg) + _plugin_problems(cfg, plugin_names)
+    problems = _objective_problems(cfg) + _plugin_problems(cfg, plugin_names) + _resume_problems(cfg)
     problems = value_problems(cfg) + rule_problems(cfg, plugin_names) + _semantic_model_problems(cfg) + problems
     if problems:
         raise ConfigError("invalid config:\n  " + "\n  ".join(problems))
@@ -36,6 +38,12 @@ def _objective_problems(cfg: TrainConfig) -> list[str]:
     from spacevista.learner.objectives import objective_problems
 
     return objective_problems(cfg.learner.objective, "learner.objective")
+
+
+def _resume_problems(cfg: TrainConfig) -> list[str]:
+    """`run_storage.resume_problem` for `run_dir` (without one, Hydra's fresh output directory is the run's)."""
+    problem = resume_problem(cfg.resume, Path(cfg.run_dir).expanduser()) if cfg.run_dir else None
+    return [problem] if problem is not None else []
 
 
 def _semantic_model_problems(cfg: TrainConfig) -> list[str]:

@@ -41,8 +41,31 @@ def test_recommitting_a_step_replaces_it(tmp_path):
     assert (final / "payload.txt").read_text() == "again"
 
 
-def test_resume_never_and_bad_path(tmp_path):
-    write(tmp_path, 1)
+def test_resume_never_starts_only_where_no_checkpoint_is(tmp_path):
+    assert ck.resolve_resume("never", tmp_path / "new") is None
+    ck.staging_dir(tmp_path, 1)  # a half-written checkpoint is none
     assert ck.resolve_resume("never", tmp_path) is None
     with pytest.raises(FileNotFoundError, match="not a complete checkpoint"):
         ck.resolve_resume(str(tmp_path / "nope"), tmp_path)
+
+
+def test_resume_never_over_checkpoints_is_refused_naming_the_key_the_directory_and_the_ways_out(tmp_path):
+    write(tmp_path, 2)
+    write(tmp_path, 4)
+    with pytest.raises(ck.ResumeRefused) as err:
+        ck.resolve_resume("never", tmp_path)
+    msg = str(err.value)
+    assert all(part in msg for part in ("resume=never", str(tmp_path), "step_2 to step_4", "resume=auto",
+                                        "fresh run_dir")), msg
+    assert ck.resolve_resume("auto", tmp_path).name == "step_4"  # the way to continue it
+
+
+def test_the_refusal_is_a_config_error_before_anything_is_prepared(tmp_path):
+    from spacevista.configs.loader import compose, to_train_config
+    from spacevista.preflight import ConfigError, validate_config
+
+    write(tmp_path, 2)
+    cfg = to_train_config(compose([f"run_dir={tmp_path}", "resume=never"]))
+    with pytest.raises(ConfigError, match="resume=never"):
+        validate_config(cfg)
+    validate_config(to_train_config(compose([f"run_dir={tmp_path}", "resume=auto"])))

@@ -2,8 +2,9 @@
 frozen call becomes a recovery instead of the end of the run.
 
 The controller runs the job as attempts. Each attempt builds every role (placement groups included)
-and continues from `Recovery.checkpoint`: the newest checkpoint this run committed, or the one it was
-started from; with none yet, the attempt starts over at step 0 (SFT warm-up included). A failed
+and continues from `Recovery.checkpoint`: the newest checkpoint this run committed (the controller
+reports each commit; a run directory's other checkpoints and file times are never trusted), or the one
+it was started from; with none yet, the attempt starts over at step 0 (SFT warm-up included). A failed
 attempt tears its roles down, `Recovery.recover` logs the fault as an event (console, events.jsonl,
 the `faults/recoveries` metric and a Ray counter), and the next attempt starts, up to
 `cluster.max_recoveries` times. Learner ranks and rollout workers are rebuilt whatever failed: the
@@ -87,7 +88,6 @@ class Recovery:
     def __init__(self, run_dir: Path, limit: int, checkpoint: Path | None, metrics_prefix: str | None = None):
         self.run_dir, self.limit, self.checkpoint = run_dir, limit, checkpoint
         self.count = 0
-        self.started = time.time()
         self._counter = None
         if metrics_prefix is not None:
             from ray.util.metrics import Counter
@@ -95,12 +95,16 @@ class Recovery:
             self._counter = Counter(metrics_prefix.rstrip("_") + "_recoveries", "recoveries from a lost role",
                                     tag_keys=("role",))
 
+    def committed(self, path: Path) -> None:
+        """Record a checkpoint this run has just committed: the next attempt resumes from it. Recorded,
+        not found by listing the run directory: another run's checkpoints there, or file times skewed
+        by a network disk, would send a recovery to the wrong step."""
+        self.checkpoint = path
+
     def recover(self, fault: BaseException) -> None:
-        """Log `fault` as an event and point `checkpoint` at the newest one this run committed (or keep
-        the one it started from); raise RecoveriesExhausted once the budget is spent."""
-        latest = run_storage.latest_checkpoint(self.run_dir)
-        if latest is not None and (latest / run_storage.COMPLETE_MARKER).stat().st_mtime >= self.started:
-            self.checkpoint = latest  # committed by this run (older ones may be another run's, with resume=never)
+        """Log `fault` as an event, naming `checkpoint` (the newest one this run committed, or the one
+        it started from) as where the next attempt resumes; raise RecoveriesExhausted once the budget
+        is spent."""
         role = fault.role if isinstance(fault, RoleFailure) else "cluster"
         step = run_storage.checkpoint_step(self.checkpoint) if self.checkpoint is not None else 0
         exhausted = self.count >= self.limit

@@ -34,6 +34,13 @@ def staging_dir(run_dir: str | os.PathLike, step: int) -> Path:
     return tmp
 
 
+def committed_dir(directory: Path) -> Path:
+    """Where `directory` will lie once committed: `step_N` beside a `staging_dir`, else itself (so a
+    checkpoint can name its own files by the absolute path they will have)."""
+    m = re.fullmatch(r"\.step_(\d+)\.tmp", directory.name)
+    return directory.with_name(f"step_{m.group(1)}") if m else directory
+
+
 def _fsync_tree(path: Path) -> None:
     for dirpath, _, files in os.walk(path):
         for name in files:
@@ -80,8 +87,26 @@ def latest_checkpoint(run_dir: str | os.PathLike) -> Path | None:
     return found[-1] if found else None
 
 
+class ResumeRefused(ValueError):
+    """`resume=never` over a run directory that already holds checkpoints."""
+
+
+def resume_problem(resume: str, run_dir: str | os.PathLike) -> str | None:
+    """Why the run cannot start in `run_dir` with `resume`, or None. `never` over another run's checkpoints
+    would mix two runs' steps in one directory: `auto` would later resume from the wrong one, and pruning
+    (`keep_checkpoints`) could delete this run's newest."""
+    found = list_checkpoints(run_dir) if resume == "never" else []
+    if not found:
+        return None
+    return (f"resume=never: run_dir {Path(run_dir)} already holds checkpoints ({found[0].name} to "
+            f"{found[-1].name}); set resume=auto to continue that run, or a fresh run_dir to start a new one")
+
+
 def resolve_resume(resume: str, run_dir: str | os.PathLike) -> Path | None:
-    """`auto` -> newest complete checkpoint in run_dir (or None); `never` -> None; else a path that must be complete."""
+    """`auto` -> newest complete checkpoint in run_dir (or None); `never` -> None, refused (ResumeRefused)
+    where run_dir holds checkpoints; else a path that must be complete."""
+    if (problem := resume_problem(resume, run_dir)) is not None:
+        raise ResumeRefused(problem)
     if resume == "never":
         return None
     if resume == "auto":
