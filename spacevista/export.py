@@ -4,7 +4,9 @@ The bundle holds what inference needs and nothing of training (no optimizer, no 
 
   base/                 the Hugging Face model directory (the SFT-trained base if the run trained it,
                         else a copy of the model the run started from) with its processor
-  experts/<name>/       each scale expert as a peft adapter directory, its config naming `../../base`
+  experts/<name>/       each scale expert as a peft adapter directory, its config naming the bundle's base/ by
+                        its absolute path at export (a relative one is taken for a hub id from any other
+                        working directory); after a move, load base/ explicitly as README.md shows
   router.safetensors    the learned scale router, with router.json (its expert order and width)
   dense_fusion.safetensors  the dense branch's fusion, when the run had one
   bundle.json           experts, their order, the scale -> expert map, where it came from
@@ -24,7 +26,7 @@ from spacevista.cluster.run_storage import COMPLETE_MARKER, latest_checkpoint
 BUNDLE_FORMAT = 1
 README = """# SpaceVista-RL policy bundle
 
-Exported from `{source}`. Experts: {experts}.
+Exported from `{source}`. Experts: {experts}. Run from this directory:
 
 ```python
 from peft import PeftModel
@@ -40,6 +42,11 @@ vLLM serves the same files: `LLM(model="base", enable_lora=True, max_loras={coun
 one `LoRARequest(name, i, "experts/<name>")` per expert. The learned router (`router.safetensors`, classes in
 the order of `bundle.json` "experts") picks an expert from pooled prompt features; `spacevista eval run
 --checkpoint` on the source checkpoint uses it.
+
+Each `experts/<name>/adapter_config.json` names its base (`base_model_name_or_path`) as `{base}`, this
+bundle's `base/` where it was exported, so tools that load the base from that field work from any directory
+until the bundle moves. The code above never reads the field: after moving or copying the bundle, load
+`base/` as it does.
 """
 
 
@@ -74,7 +81,7 @@ def export(checkpoint: Path, out: Path, overwrite: bool = False) -> Path:
     base = checkpoint / BASE_DIR if (checkpoint / BASE_DIR / "config.json").is_file() else Path(meta["model_path"])
     if not (base / "config.json").is_file():
         raise ExportError(f"{checkpoint}: no trained base/ and the recorded model_path {base} holds no config.json")
-    staging = out.with_name(f".{out.name}.tmp")
+    staging, base_name = out.with_name(f".{out.name}.tmp"), str(out.resolve() / "base")  # where base/ lands
     shutil.rmtree(staging, ignore_errors=True)
     shutil.copytree(base, staging / "base")
     for expert in experts:
@@ -82,7 +89,7 @@ def export(checkpoint: Path, out: Path, overwrite: bool = False) -> Path:
         shutil.copytree(checkpoint / expert, target)
         config_file = target / "adapter_config.json"
         config = json.loads(config_file.read_text())
-        config["base_model_name_or_path"] = "../../base"
+        config["base_model_name_or_path"] = base_name
         config_file.write_text(json.dumps(config, indent=2))
     router: dict[str, Any] = {}
     if (checkpoint / ROUTER_FILE).is_file():
@@ -100,7 +107,7 @@ def export(checkpoint: Path, out: Path, overwrite: bool = False) -> Path:
         "router": bool(router), "dense": (staging / FUSION_FILE).is_file()}, indent=1))
     more = "".join(f'model.load_adapter("experts/{e}", adapter_name="{e}")\n' for e in experts[1:])
     (staging / "README.md").write_text(README.format(source=checkpoint, experts=", ".join(experts), first=experts[0],
-                                                     more=more, count=len(experts), rank=rank))
+                                                     more=more, count=len(experts), rank=rank, base=base_name))
     staging.rename(out)
     return out
 

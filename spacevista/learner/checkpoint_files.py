@@ -3,7 +3,8 @@ and the key conversions between peft, the wrapped model and HF.
 
 Layout of a checkpoint directory:
   <expert>/               one peft adapter directory per expert (`PeftModel.from_pretrained(base, dir/expert)`);
-                          its adapter_config.json names the base model (`base_model_name_or_path`)
+                          its adapter_config.json names a base that loads from any working directory
+                          (`base_model_name_or_path`: see `adapter_base`); our own loaders never read it
   router.safetensors      the scale router (classifier weights, trained-step count)
   optimizer.safetensors   AdamW's per-parameter state (`<parameter name>::<exp_avg|exp_avg_sq|step>`)
   learner.json            optimizer parameter groups, scheduler, learner step, RNG streams (python, numpy)
@@ -18,6 +19,7 @@ implicitly; `spacevista checkpoint upgrade PATH --trust-pickle` converts one you
 
 from __future__ import annotations
 
+import copy
 import json
 import random
 from pathlib import Path
@@ -28,6 +30,7 @@ import torch
 from peft import PeftModel
 from safetensors.torch import load_file, save_file
 
+from spacevista.cluster.run_storage import committed_dir
 from spacevista.policies.dense.fusion import FUSION_FILE, load_fusion, save_fusion
 from spacevista.policies.experts import is_lora, write_expert_dir
 
@@ -105,13 +108,25 @@ def save_hf_base(directory: Path, state: dict[str, torch.Tensor], model: PeftMod
     processor.save_pretrained(directory)
 
 
+def adapter_base(directory: Path, trained_base: bool, model: PeftModel, base_model: str = "") -> str:
+    """What the experts' adapter configs name as their base: a name no loader takes for a hub repo id
+    unless it is one. With a trained base, the checkpoint's own `base/` as an absolute path where the
+    checkpoint lands once committed (`directory` may be a staging directory); else the model the run
+    started from (`base_model`, or the one `model` was loaded from): absolute when a local directory."""
+    if trained_base:
+        return str(committed_dir(directory.resolve()) / BASE_DIR)
+    name = base_model or model.get_base_model().config._name_or_path
+    local = Path(name).expanduser() if name else None
+    return str(local.resolve()) if local is not None and local.is_dir() else name
+
+
 def write(directory: Path, state: dict[str, Any], model: PeftModel, processor, base_model: str = "") -> None:
-    """Write a learner state (see `LearnerCore.state_dict`) as the layout above. `base_model` is what
-    the adapters' configs name as their base ("base" when the checkpoint carries a trained one)."""
+    """Write a learner state (see `LearnerCore.state_dict`) as the layout above. `base_model`: the model
+    the run started from, when `model` was loaded from elsewhere (see `adapter_base`)."""
     directory.mkdir(parents=True, exist_ok=True)
-    base_name = BASE_DIR if state.get("base") else (base_model or model.get_base_model().config._name_or_path)
+    base_name = adapter_base(directory, bool(state.get("base")), model, base_model)
     for expert, expert_state in state["experts"].items():
-        config = model.peft_config[expert]
+        config = copy.copy(model.peft_config[expert])  # peft reads the live one's base name on every state dict
         config.base_model_name_or_path = base_name or config.base_model_name_or_path
         write_expert_dir(directory / expert, config, expert_state)
     _write_learner_state(directory, state)

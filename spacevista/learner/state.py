@@ -38,7 +38,9 @@ class LearnerState:
         full = gather_full_state(self.model, lambda n: is_lora(n) and any(f".{e}." in n for e in names))
         if self.rank != 0:
             return {}
-        return {e: get_peft_model_state_dict(self.model, state_dict=full, adapter_name=e) for e in names}
+        # LoRA weights only, never the base's embeddings: peft's default ("auto") asks the hub about the base to decide
+        return {e: get_peft_model_state_dict(self.model, state_dict=full, adapter_name=e, save_embedding_layers=False)
+                for e in names}
 
     def dense_state_dict(self) -> dict[str, torch.Tensor]:
         """The dense fusion's weights (CPU; replicated, so any rank has them; {} without the branch)."""

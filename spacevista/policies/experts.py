@@ -80,7 +80,7 @@ def set_experts_trainable(model: torch.nn.Module, experts: Iterable[str]) -> Non
 
 def expert_state_dict(model: PeftModel, expert: str) -> dict[str, torch.Tensor]:
     """One expert's adapter tensors in peft's saved format (keys without the adapter name), on CPU."""
-    sd = get_peft_model_state_dict(model, adapter_name=expert)
+    sd = get_peft_model_state_dict(model, adapter_name=expert, save_embedding_layers=False)  # LoRA only: no hub lookup
     return {k: v.detach().to("cpu").clone() for k, v in sd.items()}
 
 
