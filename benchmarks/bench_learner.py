@@ -55,7 +55,7 @@ def main() -> None:
     learner = LearnerCore(path, SCALES, micro_batch_size=args.batch, objective=ObjectiveConfig(kl_coef=0.01))
     model, rng = learner.model, random.Random(0)
     for media in (("text",), ("image", "video", "text")):
-        samples = make_policy_samples(args.batch, SCALES, media=media, with_old_logprobs=False)
+        samples = make_policy_samples(args.batch, SCALES, media=media, with_rollout_logprobs=False)
         for s in samples:
             s.response_ids = [rng.randrange(10, 200) for _ in range(args.tokens)]
         batch = collate(learner.processor, samples)
@@ -73,7 +73,7 @@ def main() -> None:
             set_experts_trainable(model, expert_names(model))
             model.zero_grad(set_to_none=True)
 
-        prompts = make_policy_samples(args.batch // args.group, SCALES, media=media, with_old_logprobs=False)
+        prompts = make_policy_samples(args.batch // args.group, SCALES, media=media, with_rollout_logprobs=False)
         grpo = collate(learner.processor, [replace(s, response_ids=[rng.randrange(10, 200) for _ in range(args.tokens)])
                                            for s in prompts for _ in range(args.group)])
 

@@ -41,7 +41,7 @@ def _picture(rng: np.random.Generator, size: int = 56) -> Image.Image:
 
 
 def make_policy_samples(n: int, experts: Sequence[str], seed: int = 0,
-                        media: Sequence[str] = ("image", "video", "text"), with_old_logprobs: bool = False) -> list:
+                        media: Sequence[str] = ("image", "video", "text"), with_rollout_logprobs: bool = False) -> list:
     """`n` learner samples cycling through `experts` and `media`, each its own prompt (its own uid)."""
     from spacevista.learner.batch import TrainSample
 
@@ -57,7 +57,7 @@ def make_policy_samples(n: int, experts: Sequence[str], seed: int = 0,
         samples.append(TrainSample(
             messages=[{"role": "user", "content": f"{placeholder}{task.description}? {OUTPUT_INSTRUCTION}"}],
             images=images, videos=videos, response_ids=[rng.randrange(10, 200) for _ in range(length)],
-            old_logprobs=[-rng.uniform(4.0, 7.0) for _ in range(length)] if with_old_logprobs else None,
+            rollout_logprobs=[-rng.uniform(4.0, 7.0) for _ in range(length)] if with_rollout_logprobs else None,
             advantage=rng.uniform(-1.0, 1.0), expert=expert, scale_label=expert, uid=f"{seed}-{i}",
             record_id=f"rec-{seed}-{i}"))
     return samples
@@ -65,7 +65,7 @@ def make_policy_samples(n: int, experts: Sequence[str], seed: int = 0,
 
 @pytest.fixture
 def policy_samples() -> Callable[..., list]:
-    """Factory: `policy_samples(n, experts, seed=0, media=..., with_old_logprobs=False)`."""
+    """Factory: `policy_samples(n, experts, seed=0, media=..., with_rollout_logprobs=False)`."""
     return make_policy_samples
 
 

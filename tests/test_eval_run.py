@@ -50,7 +50,7 @@ def _save(learner: LearnerCore, run_dir: Path, meta: dict) -> Path:
 def trained(tiny_policy_dir, tmp_path_factory) -> tuple[LearnerCore, Path]:
     """One RL step (experts and router move), checkpointed with the base model's path recorded."""
     learner = _learner(tiny_policy_dir)
-    samples = make_policy_samples(5, list(SCALES), seed=4, with_old_logprobs=True)
+    samples = make_policy_samples(5, list(SCALES), seed=4, with_rollout_logprobs=True)
     learner.rl_step(collate(learner.processor, samples))
     return learner, _save(learner, tmp_path_factory.mktemp("run"), {"model_path": str(tiny_policy_dir)})
 

@@ -80,7 +80,7 @@ def test_bf16_learner_step(tiny_policy_dir, policy_samples, tmp_path):
     import torch.multiprocessing as mp
 
     world = min(2, torch.cuda.device_count())
-    samples = policy_samples(8 * world, ["indoor", "outdoor", "drone"], seed=3, with_old_logprobs=True)
+    samples = policy_samples(8 * world, ["indoor", "outdoor", "drone"], seed=3, with_rollout_logprobs=True)
     out = tmp_path / "rank0.json"
     mp.spawn(_rank_main, args=(world, str(tmp_path / "pg"), str(tiny_policy_dir), samples, str(out)), nprocs=world)
     result = json.loads(out.read_text())

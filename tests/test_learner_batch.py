@@ -18,7 +18,7 @@ def processor(tiny_policy_dir):
 
 
 def test_prompts_left_padded_responses_right_padded(processor, policy_samples):
-    samples = policy_samples(6, SCALES, with_old_logprobs=True)
+    samples = policy_samples(6, SCALES, with_rollout_logprobs=True)
     batch = collate(processor, samples)
     ids, mask, resp, rmask = (batch.batch[k] for k in ("input_ids", "attention_mask", "responses", "response_mask"))
     width = max(len(s.response_ids) for s in samples)
@@ -29,7 +29,7 @@ def test_prompts_left_padded_responses_right_padded(processor, policy_samples):
         n = len(s.response_ids)
         assert resp[i, :n].tolist() == s.response_ids and rmask[i].sum() == n
         assert mask[i, prompt_len - 1] == 1  # every prompt ends where the responses start
-        assert batch.batch["old_log_probs"][i, :n].tolist() == pytest.approx(s.old_logprobs)
+        assert batch.batch["rollout_log_probs"][i, :n].tolist() == pytest.approx(s.rollout_logprobs)
         assert batch.batch["advantages"][i, :n].tolist() == pytest.approx([s.advantage] * n)
         assert torch.all(batch.batch["advantages"][i, n:] == 0)
     assert list(batch.non_tensor_batch["expert"]) == [s.expert for s in samples]
@@ -52,8 +52,8 @@ def test_vision_inputs_are_kept_per_sample(processor, policy_samples):
     assert all(torch.equal(part[k], direct[k]) for k in direct)
 
 
-def test_old_logprobs_all_or_none(processor, policy_samples):
-    samples = policy_samples(2, SCALES) + policy_samples(2, SCALES, with_old_logprobs=True)
+def test_rollout_logprobs_all_or_none(processor, policy_samples):
+    samples = policy_samples(2, SCALES) + policy_samples(2, SCALES, with_rollout_logprobs=True)
     with pytest.raises(ValueError, match="all samples or none"):
         collate(processor, samples)
 
@@ -73,4 +73,4 @@ def test_sft_labels_only_on_the_completion(processor, policy_samples):
     for i, target in enumerate(targets):
         labelled = batch.batch["labels"][i][batch.batch["labels"][i] != -100].tolist()
         assert labelled == processor.tokenizer(target, add_special_tokens=False)["input_ids"] + [eos]
-    assert "old_log_probs" not in batch.batch.keys()
+    assert "rollout_log_probs" not in batch.batch.keys()

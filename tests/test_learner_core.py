@@ -56,13 +56,14 @@ def test_absent_experts_untouched_by_momentum_and_weight_decay(tiny_policy_dir, 
 
 def test_kl_is_zero_at_initialisation(tiny_policy_dir, policy_samples):
     learner = _learner(tiny_policy_dir)
-    metrics = learner.rl_step(collate(learner.processor, policy_samples(6, SCALES[:3], with_old_logprobs=True)))
+    metrics = learner.rl_step(collate(learner.processor, policy_samples(6, SCALES[:3], with_rollout_logprobs=True)))
     assert metrics["kl"] == 0.0  # fresh experts (B = 0) are the base model
-    assert metrics["ppo_kl"] != 0.0  # rollout log-probs differ from the policy's here
+    assert metrics["ppo_kl"] == 0.0  # the ratio is against the learner's own log-probs (one update per batch)
+    assert metrics["mismatch/logprob_gap_mean"] > 0.0  # the made-up rollout log-probs differ from the policy's
 
 
 def test_micro_batches_accumulate_to_the_full_batch_step(tiny_policy_dir, policy_samples):
-    samples = policy_samples(8, SCALES[:3], seed=3, with_old_logprobs=True)
+    samples = policy_samples(8, SCALES[:3], seed=3, with_rollout_logprobs=True)
     results = []
     for micro in (2, 8):
         learner = _learner(tiny_policy_dir, micro_batch_size=micro)
@@ -76,8 +77,9 @@ def test_micro_batches_accumulate_to_the_full_batch_step(tiny_policy_dir, policy
 
 
 def test_shared_prompt_step_equals_the_plain_step_router_included(tiny_policy_dir, policy_samples):
-    prompts = policy_samples(4, SCALES[:3], seed=6, with_old_logprobs=True)
-    samples = [replace(s, response_ids=s.response_ids[:k], old_logprobs=s.old_logprobs[:k], advantage=s.advantage * k)
+    prompts = policy_samples(4, SCALES[:3], seed=6, with_rollout_logprobs=True)
+    samples = [replace(s, response_ids=s.response_ids[:k], rollout_logprobs=s.rollout_logprobs[:k],
+                       advantage=s.advantage * k)
                for s in prompts for k in (2, 3, 1)]  # three responses per prompt, as GRPO samples them
     results = []
     for share in (False, True):
@@ -103,7 +105,7 @@ def test_full_parameter_sft_lowers_the_loss(tiny_policy_dir, policy_samples):
 
 def test_checkpoint_experts_load_with_peft_and_resume_bit_for_bit(tiny_policy_dir, policy_samples, tmp_path):
     learner = _learner(tiny_policy_dir)
-    batches = [collate(learner.processor, policy_samples(6, SCALES[:3], seed=s, with_old_logprobs=True))
+    batches = [collate(learner.processor, policy_samples(6, SCALES[:3], seed=s, with_rollout_logprobs=True))
                for s in (5, 6)]
     learner.rl_step(batches[0])
     learner.save_checkpoint(tmp_path / "ckpt")

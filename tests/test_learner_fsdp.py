@@ -33,7 +33,7 @@ def _targets(samples) -> list[str]:
 def _two_responses_each(samples) -> list:
     """GRPO-shaped: each prompt twice, the second time with a shorter response."""
     return [x for s in samples for x in (s, replace(s, response_ids=s.response_ids[:-1],
-                                                     old_logprobs=s.old_logprobs[:-1], advantage=-s.advantage))]
+                                                     rollout_logprobs=s.rollout_logprobs[:-1], advantage=-s.advantage))]
 
 
 def _train(learner: LearnerCore, sft_samples, rl_samples) -> dict[str, float]:
@@ -76,8 +76,8 @@ def test_fsdp_ranks_with_different_experts_match_one_process(tiny_policy_dir, po
     # expert, video + text (1 call). outdoor and drone are absent from RL; SFT: image vs text only.
     # rank 0's prompts each carry two responses (shared-prompt forwards), rank 1's are all distinct.
     rl = [_two_responses_each(policy_samples(2, ["tiny_tabletop", "indoor"], seed=10, media=("image", "video"),
-                                             with_old_logprobs=True)),
-          policy_samples(4, ["tabletop"], seed=11, media=("video", "text"), with_old_logprobs=True)]
+                                             with_rollout_logprobs=True)),
+          policy_samples(4, ["tabletop"], seed=11, media=("video", "text"), with_rollout_logprobs=True)]
     sft = [policy_samples(2, ["indoor"], seed=12, media=("image",)),
            policy_samples(2, ["drone"], seed=13, media=("text",))]
     _spawn((2, str(tmp_path / "pg-init"), str(tiny_policy_dir), sft, rl, str(tmp_path)))

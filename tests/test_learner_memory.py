@@ -30,8 +30,9 @@ def _learner(path, **kwargs) -> LearnerCore:
 
 def _grpo_samples(policy_samples, n_prompts: int = 4, seed: int = 6) -> list:
     """Three responses per prompt, as GRPO samples them (so shared prompts have something to share)."""
-    prompts = policy_samples(n_prompts, SCALES[:3], seed=seed, with_old_logprobs=True)
-    return [replace(s, response_ids=s.response_ids[:k], old_logprobs=s.old_logprobs[:k], advantage=s.advantage * k)
+    prompts = policy_samples(n_prompts, SCALES[:3], seed=seed, with_rollout_logprobs=True)
+    return [replace(s, response_ids=s.response_ids[:k], rollout_logprobs=s.rollout_logprobs[:k],
+                    advantage=s.advantage * k)
             for s in prompts for k in (2, 3, 1)]
 
 

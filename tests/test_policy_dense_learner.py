@@ -41,7 +41,7 @@ def test_an_rl_step_trains_the_fusion_and_the_experts_and_logs_the_gate(tiny_pol
                                                                         encoder_dir):
     learner = _learner(tiny_policy_dir, encoder_dir)
     before, experts_before = learner.dense_state_dict(), learner.expert_state_dicts()
-    metrics = learner.rl_step(collate(learner.processor, policy_samples(6, ["indoor"], with_old_logprobs=True)))
+    metrics = learner.rl_step(collate(learner.processor, policy_samples(6, ["indoor"], with_rollout_logprobs=True)))
     assert "gate" in _changed(before, learner.dense_state_dict())  # at gate 0 only the gate has a gradient
     assert any(not torch.equal(v, learner.expert_state_dicts()["indoor"][k])
                for k, v in experts_before["indoor"].items())
@@ -54,7 +54,7 @@ def test_trainable_parts_follow_train_rl_and_train_sft(tiny_policy_dir, policy_s
     with torch.no_grad():
         learner.dense.fusion.gate.fill_(0.5)  # so the projector gets a gradient
     before = learner.dense_state_dict()
-    learner.rl_step(collate(learner.processor, policy_samples(6, ["indoor"], with_old_logprobs=True)))
+    learner.rl_step(collate(learner.processor, policy_samples(6, ["indoor"], with_rollout_logprobs=True)))
     moved = _changed(before, learner.dense_state_dict())
     assert moved and all(k.startswith("projector.") for k in moved)
     samples = policy_samples(4, ["indoor"], seed=3)
@@ -66,7 +66,7 @@ def test_trainable_parts_follow_train_rl_and_train_sft(tiny_policy_dir, policy_s
 def test_checkpoint_holds_the_fusion_and_resume_is_bit_for_bit(tiny_policy_dir, policy_samples, encoder_dir,
                                                                tmp_path):
     learner = _learner(tiny_policy_dir, encoder_dir)
-    batches = [collate(learner.processor, policy_samples(6, SCALES[:3], seed=s, with_old_logprobs=True))
+    batches = [collate(learner.processor, policy_samples(6, SCALES[:3], seed=s, with_rollout_logprobs=True))
                for s in (5, 6)]
     learner.rl_step(batches[0])
     learner.save_checkpoint(tmp_path / "ckpt")
@@ -105,8 +105,8 @@ def _fsdp_rank(rank: int, init_file: str, model_path: str, encoder_dir: str, rl:
 def test_two_fsdp_ranks_with_different_media_train_the_fusion_as_one_process(tiny_policy_dir, policy_samples,
                                                                               encoder_dir, tmp_path):
     # rank 0: images + videos; rank 1: text only (its vision calls are the sharding equaliser's dummies)
-    rl = [policy_samples(4, ["indoor"], seed=20, media=("image", "video"), with_old_logprobs=True),
-          policy_samples(4, ["tabletop"], seed=21, media=("text",), with_old_logprobs=True)]
+    rl = [policy_samples(4, ["indoor"], seed=20, media=("image", "video"), with_rollout_logprobs=True),
+          policy_samples(4, ["tabletop"], seed=21, media=("text",), with_rollout_logprobs=True)]
     context = mp.spawn(_fsdp_rank, args=(str(tmp_path / "pg"), str(tiny_policy_dir), encoder_dir, rl, str(tmp_path)),
                        nprocs=2, join=False)
     deadline = time.monotonic() + 150

@@ -91,32 +91,55 @@ def test_sampled_logprobs_match_hf_teacher_forcing(vllm_engine, hf):
     assert max(gaps) < LOGPROB_TOLERANCE
 
 
-def test_sampled_logprobs_match_the_learners_recomputation(vllm_engine, tiny_policy_dir, weights):
-    """The rollout/training mismatch: vLLM's sampled-token log-probs vs what the learner computes for
-    the same tokens (one padded mixed-expert batch, `policy_logprobs`, as `rl_step` does)."""
+def learner_and_rollout_logprobs(tiny_policy_dir, experts: dict, completions: list, temperature: float):
+    """(learner, rollout, mask) [B, R]: the float32 learner's log-probs of the sampled tokens (one padded
+    mixed-expert batch, `policy_logprobs`, as `rl_step` does) beside the ones the engine reported."""
     model, processor = load_policy(tiny_policy_dir)
     model = attach_experts(model, EXPERTS, LORA, trainable=False).eval()
-    for expert, state in weights[1].items():
+    for expert, state in experts.items():
         load_expert_state_dict(model, expert, state)
-    requests = mixed_requests()
+    # the learner trains on the prompt as the rollout encoded it (the trajectory contract)
+    samples = [TrainSample(prompt=c.prompt, response_ids=c.response_ids, expert=c.expert, uid=c.request_id)
+               for c in completions]
+    batch = collate(processor, samples)
+    with torch.no_grad():
+        learner, _ = policy_logprobs(model, batch, temperature)
+    rollout = torch.zeros_like(learner)
+    for i, c in enumerate(completions):
+        rollout[i, :len(c.logprobs)] = torch.tensor(c.logprobs)
+    return learner, rollout, batch.batch["response_mask"].bool()
+
+
+def test_sampled_logprobs_match_the_learners_recomputation(vllm_engine, tiny_policy_dir, weights):
+    """The rollout/training mismatch: vLLM sampled-token log-probs vs what the learner computes for the same tokens."""
     gaps = []
     for temperature in (1.0, 0.7):
-        completions = vllm_engine.generate(requests, SamplingParams(n=2, temperature=temperature, max_tokens=16,
-                                                                    seed=11))
-        # the learner trains on the prompt as the rollout encoded it (the trajectory contract)
-        samples = [TrainSample(prompt=c.prompt, response_ids=c.response_ids, expert=c.expert, uid=c.request_id)
-                   for c in completions]
-        batch = collate(processor, samples)
-        with torch.no_grad():
-            learner, _ = policy_logprobs(model, batch, temperature)
-        mask = batch.batch["response_mask"].bool()
-        rollout = torch.zeros_like(learner)
-        for i, c in enumerate(completions):
-            rollout[i, :len(c.logprobs)] = torch.tensor(c.logprobs)
+        completions = vllm_engine.generate(mixed_requests(), SamplingParams(n=2, temperature=temperature,
+                                                                            max_tokens=16, seed=11))
+        learner, rollout, mask = learner_and_rollout_logprobs(tiny_policy_dir, weights[1], completions, temperature)
         gaps.append((learner - rollout).abs()[mask].max().item())
-    print(f"\nlargest |vLLM logprob - learner logprob| (mixed batch of {len(samples)}, T=1.0 and 0.7): "
+    print(f"\nlargest |vLLM logprob - learner logprob| (mixed batch of {len(completions)}, T=1.0 and 0.7): "
           f"{max(gaps):.2e}")
     assert max(gaps) < LOGPROB_TOLERANCE
+
+
+def test_bf16_vllm_gap_against_the_float32_learner_and_its_correction(tiny_policy_dir, weights):
+    """vLLM in bfloat16, as a GPU run serves, against the float32 learner: the mismatch metrics the learner logs
+    and the truncated importance weights of `behaviour_logprobs=rollout` (printed; recorded in RESULTS.md)."""
+    from spacevista.learner.objectives import ObjectiveConfig, behaviour_correction
+    from spacevista.rollout.vllm_engine import VLLMEngine
+
+    engine = VLLMEngine(tiny_policy_dir, EXPERTS, LORA, max_model_len=512, max_num_seqs=32, dtype="bfloat16")
+    try:
+        engine.update_experts(1, weights[1])
+        completions = engine.generate(mixed_requests(), SamplingParams(n=2, temperature=0.7, max_tokens=16, seed=11))
+    finally:
+        engine.close()
+    learner, rollout, mask = learner_and_rollout_logprobs(tiny_policy_dir, weights[1], completions, 0.7)
+    _, is_weights, m = behaviour_correction(learner, rollout, mask, ObjectiveConfig(behaviour_logprobs="rollout"))
+    print("\nbf16 vLLM vs float32 learner, " + ", ".join(f"{k}: {v:.2e}" for k, v in m.items()))
+    assert LOGPROB_TOLERANCE < m["mismatch/logprob_gap_max"] < 0.5  # bf16 really served, and it is a rounding gap
+    assert 0.9 < m["mismatch/is_weight_mean"] < 1.1 and is_weights[mask].max() <= 2.0
 
 
 def test_seeded_sampling_is_reproducible(vllm_engine):

@@ -115,3 +115,28 @@ def test_async_rollout_overlaps_generation_with_one_step_of_staleness(local_ray,
     staleness = [r["rollout/staleness"] for r in map(json.loads, (tmp_path / "metrics.jsonl").read_text().splitlines())]
     assert staleness == [0.0, 1.0, 1.0]  # step 1 has nothing to overlap with; later steps are one update behind
     assert (tmp_path / "checkpoints" / "step_3").is_dir()
+
+
+@pytest.mark.parametrize("sft", ["lora", "lora+dense"])
+def test_the_first_rollout_samples_the_policy_sft_trained(local_ray, caches, tmp_path, sft):
+    """LoRA SFT (the official recipe) trains only the experts, and dense SFT the fusion: the rollout workers must
+    serve them from the first step. The learner's log-probs of the sampled tokens then equal the sampler's."""
+    dense = ["model.dense.enabled=true", f"model.dense.cache_dir={tmp_path / 'dense'}"] if "dense" in sft else []
+    run(tmp_path, caches, "steps=1", "learner.sft.full_params=false", "eval_every=0", "log.plot=false",
+        "log.tensorboard=false", *dense)
+    row = json.loads((tmp_path / "metrics.jsonl").read_text().splitlines()[0])
+    assert row["learner/mismatch/logprob_gap_max"] < 1e-4, row["learner/mismatch/logprob_gap_max"]
+    assert row["rollout/staleness"] == 0.0
+    versions = [json.loads(x)["policy_version"] for x in (tmp_path / "samples.jsonl").read_text().splitlines()]
+    assert versions == [2, 2]  # the two SFT steps raised the version the first rollout was sampled with
+    assert not (tmp_path / "policy").exists()  # the base was not trained: the workers serve the original one
+
+
+def test_the_job_runs_in_bfloat16_and_reports_its_mismatch(local_ray, caches, tmp_path):
+    """The bf16 lane on CPU: the transformers rollout in bfloat16, the FSDP learner in bf16 mixed precision (a GPU
+    run's code path); the rollout/learner gap is measured and finite, and the step goes through."""
+    run(tmp_path, caches, "steps=1", "model.dtype=bfloat16", "learner.mixed_precision=bf16", "eval_every=0",
+        "log.plot=false", "log.tensorboard=false")
+    row = json.loads((tmp_path / "metrics.jsonl").read_text().splitlines()[0])
+    assert 1e-4 < row["learner/mismatch/logprob_gap_max"] < 1.0  # bf16 rounding, not float32's 1e-6
+    assert row["learner/nonfinite"] == 0.0 and row["learner/mismatch/is_weight_mean"] > 0.5

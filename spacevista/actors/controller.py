@@ -43,10 +43,12 @@ from spacevista.records.schema import Record
 from spacevista.learner.batch import TrainSample
 from spacevista.learner.checkpoint_files import check_format as check_checkpoint_format
 from spacevista.learner.objectives import response_advantages
+from spacevista.rewards.groups import group_totals, zero_variance_fraction
 from spacevista.rewards.pipeline import plugin_errors
 from spacevista.rewards.stepwise import RewardBreakdown, aggregate_breakdowns
 from spacevista.scales import AnswerType
 from spacevista.rollout.engine import Completion, GenerationRequest, SamplingParams
+from spacevista.rollout.snapshot import PolicySnapshot
 from spacevista.tracking import Tracker, console, reward_table
 
 
@@ -102,7 +104,7 @@ def train_samples(items: list[RolloutItem], completions: list[Completion], advan
                   n: int) -> list[TrainSample]:
     """The learner's trajectories: the prompt as the rollout encoded it (an object-store ref), the
     sampled ids and log-probs, per-token advantages; the n samples of a request share its uid."""
-    return [TrainSample(prompt=c.prompt, response_ids=c.response_ids, old_logprobs=c.logprobs,
+    return [TrainSample(prompt=c.prompt, response_ids=c.response_ids, rollout_logprobs=c.logprobs,
                         advantage=advantages[i], expert=c.expert, scale_label=items[i // n].expert,
                         uid=items[i // n].request_id, record_id=items[i // n].record.id)
             for i, c in enumerate(completions)]
@@ -186,7 +188,7 @@ def _train(cfg: TrainConfig, run_dir: Path, prep: PreparedRun, config_dict: dict
         reward = WorkerPool.reward(cfg.reward, reserve("reward", cfg.cluster.reward), run_name,
                                    registered_plugins(cfg.reward), cfg.cluster)
         roles.callback(reward.shutdown)
-        expert_refs = learners.expert_refs(version=start_step)  # what rollout workers must serve now
+        snapshot = learners.snapshot()  # what rollout workers must serve now (SFT's or the checkpoint's weights)
         if pending_state is not None:
             pending = _Rollout.from_dict(pending_state, cfg, prep, rollout)
 
@@ -196,11 +198,11 @@ def _train(cfg: TrainConfig, run_dir: Path, prep: PreparedRun, config_dict: dict
         n = cfg.rollout.n
         evaluate = _Evaluator(cfg, prep, rollout, reward)
         if start_step == 0 and evaluate.records:
-            tracker.log_eval(0, evaluate(0, expert_refs))
+            tracker.log_eval(0, evaluate(0, snapshot))
         for step in range(start_step + 1, cfg.steps + 1):
             t0 = time.perf_counter()
             if pending is None:  # sync mode, or the first step of an async run
-                pending = _launch(cfg, step, curriculum, sampler, prep, rollout, step - 1, expert_refs)
+                pending = _launch(cfg, step, curriculum, sampler, prep, rollout, snapshot)
             current, pending = pending, None
             stage, records, items = current.stage, current.records, current.items
             completions = current.completions if current.completions is not None else rollout.gather(current.refs)
@@ -209,27 +211,32 @@ def _train(cfg: TrainConfig, run_dir: Path, prep: PreparedRun, config_dict: dict
             t_rew = time.perf_counter()
             if cfg.async_rollout:  # generate step k+1 with the weights before update k (after the last step too:
                 # it is kept with the final checkpoint, so a later `resume` with more steps continues exactly)
-                pending = _launch(cfg, step + 1, curriculum, sampler, prep, rollout, step - 1, expert_refs)
-            scores = torch.tensor([b.total for b in breakdowns], dtype=torch.float32)
+                pending = _launch(cfg, step + 1, curriculum, sampler, prep, rollout, snapshot)
             uids = [item.request_id for item in items for _ in range(n)]
+            for b, total in zip(breakdowns, group_totals(breakdowns, uids)):  # a plugin failing in a group: left
+                b.total = total  # out of the whole group's totals, so it makes no reward difference (and is logged)
+            scores = torch.tensor([b.total for b in breakdowns], dtype=torch.float32)
             advantages = response_advantages(scores, [len(c.response_ids) for c in completions], uids,
                                              cfg.learner.objective)
             samples = train_samples(items, completions, advantages, n)
-            learn_metrics, changed = learners.rl_step(samples, version=step)
-            expert_refs.update(changed)
+            staleness = float(np.mean([snapshot.version - c.adapter_version for c in completions]))
+            learn_metrics, change = learners.rl_step(samples)
+            snapshot = snapshot.updated(change)
             t_learn = time.perf_counter()
 
             per_scale = per_scale_means(breakdowns, cfg.reward.weights)
             scalars = _scalars(per_scale, learn_metrics, completions, curriculum.stage_index,
                                {"generate": t_gen - t0, "reward": t_rew - t_gen, "learn": t_learn - t_rew,
                                 "step": time.perf_counter() - t0})
-            scalars["rollout/staleness"] = float(step - 1 - current.weights_version)
+            scalars["rollout/staleness"] = staleness  # learner updates between the sampling policy and this one
             scalars["faults/recoveries"] = float(recovery.count)
+            scalars["reward/zero_variance_groups"] = zero_variance_fraction(scores.tolist(), uids)  # no GRPO signal
             plugin_failures = plugin_errors(breakdowns)
             scalars.update({f"reward/plugin_errors/{name}": float(v) for name, v in plugin_failures.items()})
             change = curriculum.observe(step, {s: v for s, v in per_scale.items() if s != "all"})
             tracker.log(step, scalars, {"stage": stage.name, "reward": f"{scalars['reward/total']:.3f}",
-                                        "samples/s": f"{scalars['perf/samples_per_s']:.1f}"})
+                                        "samples/s": f"{scalars['perf/samples_per_s']:.1f}",
+                                        "logp gap": f"{scalars.get('learner/mismatch/logprob_gap_max', 0.0):.1e}"})
             _log_samples(run_dir, step, records, completions, breakdowns, n, cfg.log.samples_per_step)
             if metrics is not None:
                 metrics.record_step(step, curriculum.stage_index, stage.name, per_scale,
@@ -244,13 +251,14 @@ def _train(cfg: TrainConfig, run_dir: Path, prep: PreparedRun, config_dict: dict
                                 f"({change.reason})")
                 tracker.show(reward_table(f"stage {change.from_stage!r} finished at step {step}", per_scale))
             if evaluate.records and (step % cfg.eval_every == 0 or step == cfg.steps):
-                tracker.log_eval(step, evaluate(step, expert_refs))
+                tracker.log_eval(step, evaluate(step, snapshot))
             if step % cfg.checkpoint_every == 0 or step == cfg.steps:
                 if pending is not None:  # async: keep step k+1's rollout with the checkpoint, so resume is exact
                     pending.completions, pending.refs = rollout.gather(pending.refs), []
-                learners.save(run_dir, step, {"curriculum": curriculum.state_dict(), "sampler": sampler.state_dict(),
-                               "expert_of_scale": expert_map(cfg.model.experts, cfg.model.expert_of_scale)},
-                              cfg.keep_checkpoints, pending.to_dict() if pending is not None else None)
+                state = {"curriculum": curriculum.state_dict(), "sampler": sampler.state_dict(),
+                         "expert_of_scale": expert_map(cfg.model.experts, cfg.model.expert_of_scale)}
+                recovery.committed(learners.save(run_dir, step, state, cfg.keep_checkpoints,
+                                                 pending.to_dict() if pending is not None else None))
         return finish(run_dir, curriculum, cfg.log.plot, tracker)
 
 
@@ -268,14 +276,12 @@ class _Rollout:
     records: list[Record]
     items: list[RolloutItem]
     refs: list
-    weights_version: int  # the learner step whose expert weights generate these samples
     completions: list | None = None  # set once gathered (and so when restored from a checkpoint)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain data for a checkpoint (JSON): which rows, which stage, what was sampled; the prompts
         are encoded again on resume (deterministic), so no tensor or object is stored."""
         return {"step": self.step, "stage": self.stage.name, "indices": self.indices,
-                "weights_version": self.weights_version,
                 "completions": [{k: getattr(c, k) for k in COMPLETION_FIELDS} for c in self.completions]}
 
     @classmethod
@@ -286,11 +292,11 @@ class _Rollout:
         prompts = rollout.encode(items)
         n = len(state["completions"]) // max(len(items), 1)
         completions = [Completion(prompt=prompts[i // n], **c) for i, c in enumerate(state["completions"])]
-        return cls(state["step"], stage, state["indices"], records, items, [], state["weights_version"], completions)
+        return cls(state["step"], stage, state["indices"], records, items, [], completions)
 
 
 def _launch(cfg: TrainConfig, step: int, curriculum: Curriculum, sampler, prep: PreparedRun, rollout: WorkerPool,
-            weights_version: int, expert_refs: dict) -> _Rollout:
+            snapshot: PolicySnapshot) -> _Rollout:
     """Draw `step`'s prompts under the current stage and start generating them (non-blocking)."""
     stage = curriculum.stage
     sampler.set_weights(curriculum.scale_weights())
@@ -299,8 +305,8 @@ def _launch(cfg: TrainConfig, step: int, curriculum: Curriculum, sampler, prep: 
     items = rollout_items(records, step, expert_map(cfg.model.experts, cfg.model.expert_of_scale))
     params = SamplingParams(n=cfg.rollout.n, temperature=cfg.rollout.temperature, top_p=cfg.rollout.top_p,
                             max_tokens=cfg.rollout.max_tokens, seed=cfg.seed * 100_003 + step)
-    refs = rollout.generate_async(items, params, version=weights_version, experts=expert_refs)
-    return _Rollout(step, stage, indices, records, items, refs, weights_version)
+    refs = rollout.generate_async(items, params, snapshot)
+    return _Rollout(step, stage, indices, records, items, refs)
 
 
 class _Evaluator:
@@ -319,11 +325,10 @@ class _Evaluator:
             self.records = test.take(picked)
         self.weights = dataclasses.replace(cfg.reward.weights, gate_scale=False)
 
-    def __call__(self, step: int, expert_refs: dict) -> dict[str, dict[str, float]]:
+    def __call__(self, step: int, snapshot: PolicySnapshot) -> dict[str, dict[str, float]]:
         params = SamplingParams(n=1, temperature=0.0, max_tokens=self.cfg.rollout.max_tokens)
         items = rollout_items(self.records, step, expert_map(self.cfg.model.experts, self.cfg.model.expert_of_scale))
-        completions = self.rollout.generate(items, params, version=step,
-                                            experts=expert_refs, prompts="drop")
+        completions = self.rollout.generate(items, params, snapshot, prompts="drop")
         breakdowns = self.reward.score(score_items(self.records, completions, 1), self.weights)
         return per_scale_means(breakdowns, self.cfg.reward.weights)
 
@@ -369,6 +374,7 @@ def _log_samples(run_dir: Path, step: int, records: list[Record], completions: l
         for i, (c, b) in enumerate(zip(completions[:k], breakdowns[:k])):
             r = records[i // n]
             fh.write(json.dumps({"step": step, "record": r.id, "scale": r.scale, "task": r.task, "expert": c.expert,
+                                 "policy_version": c.adapter_version,
                                  "answer": r.answer.text(), "completion": c.text, "reward": b.total,
                                  "components": b.components, "reasons": b.reasons}) + "\n")
 

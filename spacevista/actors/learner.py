@@ -21,9 +21,9 @@ from spacevista.actors.pool import actor_options, split_even
 from spacevista.actors.recovery import all_alive, wait
 from spacevista.actors.workers import init_actor_process
 from spacevista.cluster.resources import RoleGroup
-from spacevista.configs.dense import DENSE_WEIGHTS
 from spacevista.configs.schema import TrainConfig
 from spacevista.learner.batch import collate
+from spacevista.rollout.snapshot import PolicySnapshot
 from spacevista.tracking import console
 from ray.util.placement_group import remove_placement_group
 
@@ -99,29 +99,31 @@ class LearnerWorker:
             max_tokens_per_micro_batch=cfg.learner.max_tokens_per_micro_batch,
             attn_implementation=cfg.model.attn_implementation, mixed_precision=cfg.learner.mixed_precision,
             sft_full_params=cfg.learner.sft.full_params, temperature=cfg.rollout.temperature, seed=cfg.seed,
-            dense=cfg.model.dense)
+            dense=cfg.model.dense, max_nonfinite_steps=cfg.learner.max_nonfinite_steps)
         return self.rank
 
     def sft_step(self, samples: list, targets: list[str]) -> dict[str, float]:
         return self.core.sft_step(samples, targets)
 
-    def rl_step(self, samples: list, version: int) -> tuple[dict[str, float], dict[str, Any] | None]:
-        """One update; rank 0 also returns {expert: (version, ref)} for the experts the global batch moved.
-        The samples' prompts arrive as object-store refs (one per request, fetched here once)."""
+    def rl_step(self, samples: list) -> tuple[dict[str, float], PolicySnapshot | None]:
+        """One update; rank 0 also returns the policy snapshot's change: the parts the global batch moved, under
+        the new version. The samples' prompts arrive as object-store refs (one per request, fetched here once)."""
         metrics = self.core.rl_step(collate(self.core.processor, resolve_prompts(samples)))
-        return metrics, self._publish(self.core.stepped_experts, version, dense=self.core.stepped_dense)
+        return metrics, self._publish(self.core.stepped_experts, dense=self.core.stepped_dense)
 
-    def publish_experts(self, version: int) -> dict[str, Any] | None:
-        return self._publish(None, version, dense=True)
+    def snapshot(self) -> PolicySnapshot | None:
+        """The whole served policy under the learner's current version (rank 0; None elsewhere). Collective."""
+        return self._publish(None, dense=True)
 
-    def _publish(self, experts: list[str] | None, version: int, dense: bool = False) -> dict[str, Any] | None:
-        """{expert: (version, ref)}, plus {DENSE_WEIGHTS: (version, ref)} when the dense fusion moved."""
-        weights = self.core.expert_state_dicts(experts) if experts is None or experts else {}  # a collective
-        if dense and self.core.dense is not None:
-            weights[DENSE_WEIGHTS] = self.core.dense_state_dict()  # replicated: no collective
+    def _publish(self, experts: list[str] | None, dense: bool = False) -> PolicySnapshot | None:
+        """A snapshot of `experts` (None: all; a collective) and the dense fusion when `dense`, at `core.step`."""
+        weights = self.core.expert_state_dicts(experts) if experts is None or experts else {}
+        fusion = self.core.dense_state_dict() if dense and self.core.dense is not None else None  # replicated
         if self.rank != 0:
             return None
-        return {e: (version, ray.put(sd)) for e, sd in weights.items()}
+        version = self.core.step
+        return PolicySnapshot(version, {e: (version, ray.put(sd)) for e, sd in weights.items()},
+                              (version, ray.put(fusion)) if fusion is not None else None)
 
     def export_policy(self, path: str) -> str | None:
         """Write the SFT-trained base as a Hugging Face directory (collective; rank 0 writes); None if untrained."""
@@ -176,12 +178,14 @@ class LearnerGroup:
         return _mean_metrics(self._all("sft_step", split_even(samples, n), split_even(targets, n),
                                        timeout_s=self.start_s))
 
-    def rl_step(self, samples: list, version: int) -> tuple[dict[str, float], dict[str, Any]]:
-        results = self._all("rl_step", split_even(samples, len(self.workers)), shared=(version,))
-        return _mean_metrics([m for m, _ in results]), results[0][1] or {}
+    def rl_step(self, samples: list) -> tuple[dict[str, float], PolicySnapshot]:
+        """(mean metrics, the snapshot's change: apply it with `PolicySnapshot.updated`)."""
+        results = self._all("rl_step", split_even(samples, len(self.workers)))
+        return _mean_metrics([m for m, _ in results]), results[0][1]
 
-    def expert_refs(self, version: int) -> dict[str, Any]:
-        return self._all("publish_experts", shared=(version,))[0] or {}
+    def snapshot(self) -> PolicySnapshot:
+        """The whole policy rollout workers must serve now, under the learner's version."""
+        return self._all("snapshot")[0]
 
     def export_policy(self, path: Path) -> Path | None:
         """Where rollout workers load the policy from when the base was trained (SFT), else None."""

@@ -14,6 +14,7 @@ from spacevista.actors.workers import RewardWorker, RolloutWorker
 from spacevista.cluster.resources import RoleGroup
 from spacevista.configs.schema import (ClusterConfig, ModelConfig, RewardConfig, RewardWeights, RoleConfig,
                                        RolloutConfig)
+from spacevista.rollout.snapshot import PolicySnapshot
 
 
 def actor_options(group: RoleGroup, index: int, run_name: str) -> dict[str, Any]:
@@ -81,14 +82,15 @@ class WorkerPool:
     def _fan_out(self, method: str, items: Sequence[Any], *args: Any, **kwargs: Any) -> list[Any]:
         return self.gather(self._submit(method, items, *args, **kwargs))
 
-    def generate(self, items: Sequence[Any], params: Any, version: int, experts: dict,
+    def generate(self, items: Sequence[Any], params: Any, snapshot: PolicySnapshot,
                  prompts: str = "ref") -> list[Any]:
-        """Completions, request-major, `params.n` per request (their prompts as object-store refs)."""
-        return self._fan_out("generate", items, params, version, experts, prompts)
+        """Completions of the `snapshot` policy, request-major, `params.n` per request (their prompts as
+        object-store refs)."""
+        return self._fan_out("generate", items, params, snapshot, prompts)
 
-    def generate_async(self, items: Sequence[Any], params: Any, version: int, experts: dict) -> list[ray.ObjectRef]:
+    def generate_async(self, items: Sequence[Any], params: Any, snapshot: PolicySnapshot) -> list[ray.ObjectRef]:
         """Start generating and return at once; `gather` the refs for the completions."""
-        return self._submit("generate", items, params, version, experts)
+        return self._submit("generate", items, params, snapshot)
 
     def encode(self, items: Sequence[Any]) -> list[Any]:
         """Refs of the items' encoded prompts, in order."""

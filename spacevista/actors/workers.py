@@ -16,11 +16,11 @@ from typing import Any
 import ray
 import torch
 
-from spacevista.configs.dense import DENSE_WEIGHTS
 from spacevista.configs.schema import ModelConfig, RewardConfig, RewardWeights, RolloutConfig
 from spacevista.records.frames import load_images, load_video
 from spacevista.records.schema import Record
 from spacevista.rollout.engine import Completion, GenerationRequest
+from spacevista.rollout.snapshot import PolicySnapshot
 
 PROMPTS = ("ref", "drop", "keep")  # what a rollout worker returns of the encoded prompts
 
@@ -81,23 +81,28 @@ class RolloutWorker:
         from spacevista.rollout import make_engine
 
         self.engine = make_engine(rollout, model_path, model)
-        self.expert_versions: dict[str, int] = {}
+        self.held: dict[str, int] = {}  # part -> the snapshot version it was last loaded from (none: INITIAL_VERSION)
 
-    def generate(self, items: list, params: Any, version: int = 0,
-                 experts: dict[str, tuple[int, ray.ObjectRef]] | None = None, prompts: str = "ref") -> list:
-        """Generate with adapter `version` for `RolloutItem`s (or ready `GenerationRequest`s).
-        `experts` maps each expert to (its version, a ref to its adapter state dict); refs nested in a
-        dict are not fetched by Ray, so this worker pulls only the experts it is behind on (all of them
-        after a restart) and applies them atomically. `prompts`: see `ship_prompts`."""
-        behind = {e: ref for e, (v, ref) in (experts or {}).items() if v > self.expert_versions.get(e, 0)}
-        if behind:
-            weights = dict(zip(behind, ray.get(list(behind.values()))))
-            if DENSE_WEIGHTS in weights:  # the dense branch's fusion travels and is versioned like an expert
-                self.engine.update_dense(version, weights.pop(DENSE_WEIGHTS))
-            self.engine.update_experts(version, weights)
-            for e in behind:
-                self.expert_versions[e] = experts[e][0]
+    def generate(self, items: list, params: Any, snapshot: PolicySnapshot, prompts: str = "ref") -> list:
+        """Generate with the `snapshot` policy for `RolloutItem`s (or ready `GenerationRequest`s); every completion
+        records `snapshot.version`. The snapshot's parts are refs nested in a dataclass, which Ray does not fetch:
+        this worker pulls only the parts it is behind on (all of them after a restart) and applies them
+        atomically. `prompts`: see `ship_prompts`."""
+        self.apply(snapshot)
         return ship_prompts(self.engine.generate(_requests(items), params), prompts)
+
+    def apply(self, snapshot: PolicySnapshot) -> None:
+        """Serve `snapshot` from now on: pull and load the parts newer than those held, take its version."""
+        if snapshot.version < self.engine.version and self.held:
+            raise ValueError(f"policy snapshot {snapshot.version} is older than the served {self.engine.version}")
+        experts, dense = snapshot.behind(self.held)
+        refs = [*experts.values(), *([dense] if dense is not None else [])]
+        fetched = ray.get(refs) if refs and isinstance(refs[0], ray.ObjectRef) else refs
+        if dense is not None:
+            self.engine.update_dense(snapshot.version, fetched.pop())
+        if experts or snapshot.version != self.engine.version:
+            self.engine.update_experts(snapshot.version, dict(zip(experts, fetched)))
+        self.held.update(snapshot.part_versions())
 
     def encode(self, items: list) -> list:
         """Object-store refs of the items' encoded prompts (a resumed run's pending rollout needs them)."""

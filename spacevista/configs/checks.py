@@ -146,6 +146,10 @@ def rule_problems(cfg: TrainConfig, plugin_names: Iterable[str] = ()) -> list[st
     if cfg.rollout.n < 2 and objective.adv_estimator in ("grpo", "rloo"):
         problems.append(f"rollout.n = {cfg.rollout.n}: learner.objective.adv_estimator={objective.adv_estimator} "
                         "needs groups of >= 2")
+    if cfg.rollout.top_p < 1:
+        problems.append(f"rollout.top_p={cfg.rollout.top_p}: the rollout's log-probs would be renormalised over the "
+                        "nucleus and the learner's are not, which biases every token's importance ratio; "
+                        "sample with rollout.top_p=1.0 (temperature shapes the distribution for both)")
     low = objective.clip_ratio if objective.clip_ratio_low is None else objective.clip_ratio_low
     high = objective.clip_ratio if objective.clip_ratio_high is None else objective.clip_ratio_high
     if not 0 < low <= high:

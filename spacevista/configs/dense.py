@@ -12,7 +12,6 @@ from spacevista.configs.policy import limits
 
 DENSE_ENCODERS = ("dinov2", "dinov3", "geometry")  # geometry: a VGGT-style encoder plugged in by the user
 DENSE_PARTS = ("projector", "attention", "gate")  # the fusion's trainable parts, by parameter prefix
-DENSE_WEIGHTS = "dense"  # key of the fusion's weights in the learner's published {expert: (version, ref)} map
 
 
 @dataclass

@@ -57,6 +57,13 @@ class ObjectiveConfig:
     norm_adv_by_std_in_grpo: bool = True  # False: Dr.GRPO
     entropy_coeff: float = limits(0.0, ge=0.0)
     gamma: float = limits(1.0, ge=0.0, le=1.0)  # reinforce_plus_plus discount
+    # the policy-gradient's behaviour log-probs (learner.objectives.behaviour_correction): `recompute` takes the
+    # learner's own log-probs of the sampled tokens (verl's default; the sampler's are only compared with them, in
+    # the mismatch/* metrics); `rollout` also weights each token's loss by the truncated importance ratio
+    # min(pi_learner / pi_rollout, rollout_is_threshold) (verl's token TIS), correcting a bf16 / kernel mismatch
+    # and an async rollout's staleness. Default chosen on measurement: benchmarks/RESULTS.md, "behaviour log-probs"
+    behaviour_logprobs: str = limits("rollout", choices=("recompute", "rollout"))
+    rollout_is_threshold: float = limits(2.0, gt=1.0)
 
 
 @dataclass

@@ -137,6 +137,8 @@ class LearnerConfig:
     max_tokens_per_micro_batch: int = limits(0, ge=0)  # > 0: micro-batches by a token budget, not micro_batch_size
     # FSDP2: auto (bf16 params + fp32 reduce on CUDA, fp32 elsewhere) | bf16 | fp32
     mixed_precision: str = limits("auto", choices=("auto", "bf16", "fp32"))
+    # a step whose loss or gradient norm is not finite is skipped (learner/nonfinite_skipped); this many in a row stop
+    max_nonfinite_steps: int = limits(3, ge=1)
 
 
 @dataclass

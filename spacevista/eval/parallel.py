@@ -21,8 +21,8 @@ from spacevista.cluster.resources import ResourceError, reserve
 from spacevista.configs.schema import ClusterConfig, ModelConfig, RoleConfig, RolloutConfig
 from spacevista.eval.policy import EvalError
 from spacevista.rollout.engine import Completion, GenerationRequest, SamplingParams
+from spacevista.rollout.snapshot import PolicySnapshot
 
-WEIGHTS_VERSION = 1  # workers start at version 0 (fresh experts) and take the checkpoint's as version 1
 
 
 class RayRollout:
@@ -35,6 +35,7 @@ class RayRollout:
         model: ModelConfig,
         rollout: RolloutConfig,
         weights: Mapping[str, Mapping[str, torch.Tensor]],
+        dense_weights: Mapping[str, torch.Tensor] | None = None,
     ) -> None:
         cluster = ClusterConfig()
         self._owns_ray = start_ray(cluster, Path.cwd())
@@ -49,10 +50,12 @@ class RayRollout:
         except BaseException:
             self._stop_ray()
             raise
-        self.experts = {e: (WEIGHTS_VERSION, ray.put(dict(sd))) for e, sd in weights.items()}
+        # the checkpoint's policy as one snapshot: each worker applies it (experts, dense fusion) before its first batch
+        self.snapshot = PolicySnapshot(0, {e: (0, ray.put(dict(sd))) for e, sd in weights.items()},
+                                       (0, ray.put(dict(dense_weights))) if dense_weights is not None else None)
 
     def generate(self, requests: Sequence[GenerationRequest], params: SamplingParams) -> list[Completion]:
-        return self.pool.generate(list(requests), params, WEIGHTS_VERSION, self.experts, prompts="drop")
+        return self.pool.generate(list(requests), params, self.snapshot, prompts="drop")
 
     def close(self) -> None:
         try:

@@ -18,7 +18,7 @@ from typing import Any, Protocol
 import torch
 from tqdm.auto import tqdm
 
-from spacevista.configs.dense import DENSE_WEIGHTS, DenseConfig
+from spacevista.configs.dense import DenseConfig
 from spacevista.configs.schema import ModelConfig, RolloutConfig
 from spacevista.datasets.official.convert import ConvertOptions, Reject, convert_item, item_id
 from spacevista.datasets.official.files import iter_source
@@ -185,8 +185,8 @@ def _generator(policy: EvalPolicy, options: RunOptions) -> Generator:
     if options.workers > 1:
         from spacevista.eval.parallel import RayRollout
 
-        fusion = {DENSE_WEIGHTS: policy.dense_weights} if policy.dense else {}  # workers apply it like training's
-        return RayRollout(options.workers, policy.model_path, model, rollout, {**policy.weights, **fusion})
+        return RayRollout(options.workers, policy.model_path, model, rollout, policy.weights,
+                          policy.dense_weights if policy.dense else None)
     from spacevista.rollout import make_engine
 
     engine = make_engine(rollout, str(policy.model_path), model)

@@ -37,7 +37,7 @@ class TrainSample:
     messages: list[dict[str, Any]] = field(default_factory=list)  # else: chat messages with placeholders
     images: list[Image.Image] = field(default_factory=list)
     videos: list[list[Image.Image]] = field(default_factory=list)  # each video: its frames
-    old_logprobs: list[float] | None = None  # sampled-token log-probs from the rollout engine
+    rollout_logprobs: list[float] | None = None  # sampled-token log-probs from the rollout engine
     advantage: float | list[float] = 0.0  # one per response token, or one for the whole response
     scale_label: str | None = None
     uid: str = ""  # prompt group id: the n samples of one request share it (and their prompt)
@@ -68,7 +68,7 @@ def collate(processor, samples: Sequence[TrainSample]) -> DataProto:
     """Encoded prompts (left-padded) + responses (right-padded) as a verl `DataProto`.
 
     Tensors: input_ids, attention_mask, mm_token_type_ids (Qwen-VL needs it for its 3D rope
-    positions), responses, response_mask, advantages (per response token), old_log_probs (only
+    positions), responses, response_mask, advantages (per response token), rollout_log_probs (only
     when every sample carries them). Non-tensors: expert, uid, scale_label, record_id,
     multi_modal_inputs.
     """
@@ -77,15 +77,15 @@ def collate(processor, samples: Sequence[TrainSample]) -> DataProto:
     for s in samples:
         if not s.response_ids:
             raise ValueError(f"record {s.record_id}: empty response")
-        if s.old_logprobs is not None and len(s.old_logprobs) != len(s.response_ids):
-            raise ValueError(f"record {s.record_id}: {len(s.old_logprobs)} old log-probs for "
+        if s.rollout_logprobs is not None and len(s.rollout_logprobs) != len(s.response_ids):
+            raise ValueError(f"record {s.record_id}: {len(s.rollout_logprobs)} rollout log-probs for "
                              f"{len(s.response_ids)} response tokens")
         if isinstance(s.advantage, (list, tuple)) and len(s.advantage) != len(s.response_ids):
             raise ValueError(f"record {s.record_id}: {len(s.advantage)} advantages for "
                              f"{len(s.response_ids)} response tokens")
-    has_old = [s.old_logprobs is not None for s in samples]
+    has_old = [s.rollout_logprobs is not None for s in samples]
     if any(has_old) and not all(has_old):
-        raise ValueError("collate: old_logprobs must be given for all samples or none")
+        raise ValueError("collate: rollout_logprobs must be given for all samples or none")
 
     prompts = _prompts(processor, samples)
     pad_id = processor.tokenizer.pad_token_id
@@ -105,7 +105,7 @@ def collate(processor, samples: Sequence[TrainSample]) -> DataProto:
     if "mm_token_type_ids" in enc:
         tensors["mm_token_type_ids"] = torch.cat([enc["mm_token_type_ids"], torch.zeros_like(responses)], dim=1)
     if all(has_old):
-        tensors["old_log_probs"] = _right_pad([s.old_logprobs for s in samples], width, 0.0, torch.float32)
+        tensors["rollout_log_probs"] = _right_pad([s.rollout_logprobs for s in samples], width, 0.0, torch.float32)
     non_tensors = {
         "expert": _object_array([s.expert for s in samples]),
         "uid": _object_array([s.uid for s in samples]),
@@ -124,7 +124,7 @@ def sft_collate(processor, samples: Sequence[TrainSample], targets: Sequence[str
     tok = processor.tokenizer
     eos = tok.convert_tokens_to_ids(END_OF_TURN)
     with_targets = [replace(s, response_ids=tok(t, add_special_tokens=False)["input_ids"] + [eos],
-                            old_logprobs=None, advantage=0.0) for s, t in zip(samples, targets)]
+                            rollout_logprobs=None, advantage=0.0) for s, t in zip(samples, targets)]
     batch = collate(processor, with_targets)
     labels = batch.batch["input_ids"].clone()
     prompt_len = labels.shape[1] - batch.batch["responses"].shape[1]

@@ -28,6 +28,7 @@ collective: call it on every rank. Rank-0-only results are empty on the other ra
 
 from __future__ import annotations
 
+import math
 import time
 from collections import defaultdict
 from collections.abc import Callable, Sequence
@@ -45,7 +46,7 @@ from spacevista.configs.dense import DenseConfig
 from spacevista.learner.batch import TrainSample, sft_collate
 from spacevista.learner.logprobs import forward_logprobs, policy_logprobs, reference_logprobs
 from spacevista.learner.memory import checkpoint_activations, token_budget_plan, trim_left_padding
-from spacevista.learner.objectives import ObjectiveConfig, policy_objective
+from spacevista.learner.objectives import ObjectiveConfig, behaviour_correction, policy_objective
 from spacevista.learner.optim import OptimConfig, ParamGroup, build_optimizer, build_scheduler, step_present
 from spacevista.learner.routing import router_backward, sample_prompt_features
 from spacevista.learner.sharding import fsdp_root, shard_policy
@@ -69,6 +70,11 @@ from spacevista.policies.router import (
 from spacevista.policies.tiny import load_policy
 
 ADDITIVE_METRICS = ("loss", "pg_loss", "kl", "entropy", "sft_loss")  # shares of the global mean: summed
+MAX_METRICS = ("mismatch/logprob_gap_max",)  # the largest over micro-batches and ranks
+
+
+class NonFiniteSteps(RuntimeError):
+    """`max_nonfinite_steps` steps in a row had a loss or gradient norm that is not finite: the run stops."""
 
 
 class LearnerCore(LearnerState):
@@ -80,7 +86,7 @@ class LearnerCore(LearnerState):
                  device: str = "cpu", sft_full_params: bool = False, temperature: float = 1.0,
                  seed: int = 0, share_prompts: bool = True, gradient_checkpointing: bool = False,
                  max_tokens_per_micro_batch: int = 0, attn_implementation: str = "sdpa",
-                 mixed_precision: str = "auto", dense: DenseConfig | None = None) -> None:
+                 mixed_precision: str = "auto", dense: DenseConfig | None = None, max_nonfinite_steps: int = 3) -> None:
         self.experts = list(experts)
         self.objective = objective or ObjectiveConfig()
         self.optim_cfg = optim or OptimConfig()
@@ -95,6 +101,8 @@ class LearnerCore(LearnerState):
         self.base_trained = False  # set by a full-parameter SFT step: rollout workers need the new base
         self.stepped_experts: list[str] = []  # experts the last step moved (present in the global batch)
         self.stepped_dense = False  # whether the last step moved the dense fusion
+        self.max_nonfinite_steps = max_nonfinite_steps
+        self.nonfinite_in_row = 0  # steps skipped in a row because the loss or a gradient norm was not finite
 
         torch.manual_seed(seed)  # same LoRA / router init on every rank
         base, self.processor = load_policy(model_path, device=device, attn_implementation=attn_implementation)
@@ -129,7 +137,8 @@ class LearnerCore(LearnerState):
         """One policy-gradient step on this rank's share of the batch, as `batch.collate` makes it.
 
         Reads tensors input_ids, attention_mask, mm_token_type_ids, responses, response_mask,
-        advantages [B, R] and, if present, old_log_probs (else the step is on-policy: ratio 1);
+        advantages [B, R] and, if present, rollout_log_probs (what the sampler reported: compared with the
+        learner's, and the importance weights of `objective.behaviour_logprobs=rollout`; see `behaviour_correction`);
         non-tensors expert, scale_label, multi_modal_inputs; meta_info temperature (optional).
         Every rank must have the same number of micro-batches (ceil(samples / micro_batch_size)).
         """
@@ -144,9 +153,12 @@ class LearnerCore(LearnerState):
                 ref = reference_logprobs(self.model, mb, temperature, share_prompts=share) if cfg.kl_coef > 0 else None
             logprobs, entropy = policy_logprobs(self.model, mb, temperature, with_entropy=cfg.entropy_coeff != 0,
                                                 share_prompts=share)
-            old = mb.batch["old_log_probs"].to(self.device) if "old_log_probs" in mb.batch.keys() else logprobs.detach()
-            return policy_objective(logprobs, old, ref, mb.batch["advantages"].to(self.device),
-                                    mb.batch["response_mask"].to(self.device), cfg, entropy, stats["batch_info"])
+            mask = mb.batch["response_mask"].to(self.device)
+            sampled = mb.batch["rollout_log_probs"].to(self.device) if "rollout_log_probs" in mb.batch.keys() else None
+            old, is_weights, mismatch = behaviour_correction(logprobs, sampled, mask, cfg)
+            loss, metrics = policy_objective(logprobs, old, ref, mb.batch["advantages"].to(self.device), mask, cfg,
+                                             entropy, stats["batch_info"], is_weights)
+            return loss, {**metrics, **mismatch}
 
         present = {f"expert/{e}" for e in stats["experts"]} | self._dense_present("train_rl")
         return self._step(batch, loss_fn, stats, present)
@@ -237,7 +249,10 @@ class LearnerCore(LearnerState):
             loss.backward()
             weight = mb.batch["response_mask"].sum().item()
             for k, v in {"loss": loss.item(), **metrics}.items():
-                sums[k] += v if k in ADDITIVE_METRICS else v * weight
+                if k in MAX_METRICS:
+                    sums[k] = max(sums.get(k, -math.inf), v)
+                else:
+                    sums[k] += v if k in ADDITIVE_METRICS else v * weight
             if train_router:
                 features.append(sample_prompt_features(mb, capture.embeds, self._vision_ids))
         if "dense" in present and self.world > 1:
@@ -247,35 +262,47 @@ class LearnerCore(LearnerState):
             sums.update(router_backward(self.router, torch.cat(features), labels, stats["labelled"], self.world))
             present.add("router")
         out = self._reduce_metrics(sums, stats["batch_info"]["batch_num_tokens"])
+        finite = math.isfinite(out["loss"])  # reduced over ranks: every rank decides alike
         if scheduled:
             out["lr"] = self.scheduler.get_last_lr()[0]
-            out.update(step_present(self.optimizer, present, self.optim_cfg.grad_clip))
+            out.update(step_present(self.optimizer, present, self.optim_cfg.grad_clip, finite_loss=finite))
             self.scheduler.step()
         else:
             scheduled_lrs = [group["lr"] for group in self.optimizer.param_groups]
             for group in self.optimizer.param_groups:
                 group["lr"] = group["initial_lr"]
             out["lr"] = self.optimizer.param_groups[0]["lr"]
-            out.update(step_present(self.optimizer, present, self.optim_cfg.grad_clip))
+            out.update(step_present(self.optimizer, present, self.optim_cfg.grad_clip, finite_loss=finite))
             for group, lr in zip(self.optimizer.param_groups, scheduled_lrs):
                 group["lr"] = lr
         if self.dense is not None:
             out.update({"dense/gate": dense_fusion.gate_value(self.dense.fusion), **self.dense.cache.stats.as_dict()})
         self.step += 1
-        self.stepped_experts = [e for e in self.experts if f"expert/{e}" in present]
-        self.stepped_dense = "dense" in present
+        skipped = out["nonfinite"] > 0
+        self.nonfinite_in_row = self.nonfinite_in_row + 1 if skipped else 0
+        if self.nonfinite_in_row >= self.max_nonfinite_steps:
+            raise NonFiniteSteps(f"learner step {self.step}: the loss or a gradient norm was not finite in "
+                                 f"{self.nonfinite_in_row} steps in a row (learner.max_nonfinite_steps="
+                                 f"{self.max_nonfinite_steps}); the last checkpoint holds the last finite weights")
+        self.stepped_experts = [] if skipped else [e for e in self.experts if f"expert/{e}" in present]
+        self.stepped_dense = "dense" in present and not skipped
         out.update(step=self.step, experts_stepped=sum(p.startswith("expert/") for p in present),
                    tokens=stats["batch_info"]["batch_num_tokens"], step_time_s=time.perf_counter() - start)
         return out
 
     def _reduce_metrics(self, sums: dict[str, float], global_tokens: int) -> dict[str, float]:
-        keys = sorted(k for k in sums if not k.startswith("router/acc"))
+        keys = sorted(k for k in sums if not k.startswith("router/acc") and k not in MAX_METRICS)
         values = torch.tensor([sums[k] for k in keys], dtype=torch.float64, device=self.device)
+        peaks = {k: sums.get(k, -math.inf) for k in MAX_METRICS}  # every rank reduces the same keys
         if self.world > 1:
             dist.all_reduce(values)
+            top = torch.tensor(list(peaks.values()), dtype=torch.float64, device=self.device)
+            dist.all_reduce(top, op=dist.ReduceOp.MAX)
+            peaks = dict(zip(peaks, top.tolist()))
         # loss shares carry a dp_size factor (FSDP averages gradients over ranks); the router's don't
         scale = {k: 1.0 / self.world if k in ADDITIVE_METRICS else 1.0 if k == "router/loss"
                  else 1.0 / max(global_tokens, 1) for k in keys}
         out = {k: float(v) * scale[k] for k, v in zip(keys, values)}
         out.update({k: v for k, v in sums.items() if k.startswith("router/acc")})  # this rank's batch
+        out.update({k: v for k, v in peaks.items() if v != -math.inf})
         return out

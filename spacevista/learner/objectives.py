@@ -16,7 +16,8 @@ import torch
 
 from spacevista.configs.policy import UNSUPPORTED_ESTIMATORS, ObjectiveConfig
 
-__all__ = ["ObjectiveConfig", "compute_advantages", "objective_problems", "policy_objective", "response_advantages"]
+__all__ = ["ObjectiveConfig", "behaviour_correction", "compute_advantages", "objective_problems", "policy_objective",
+           "response_advantages"]
 
 
 def objective_problems(cfg: ObjectiveConfig, key: str = "objective") -> list[str]:
@@ -67,10 +68,41 @@ def response_advantages(scores: torch.Tensor, lengths: Sequence[int], uids: Sequ
     return [advantages[i, :length].tolist() for i, length in enumerate(lengths)]
 
 
+def behaviour_correction(logprobs: torch.Tensor, rollout_logprobs: torch.Tensor | None, response_mask: torch.Tensor,
+                         cfg: ObjectiveConfig) -> tuple[torch.Tensor, torch.Tensor | None, dict[str, float]]:
+    """(old log-probs, importance weights or None, mismatch metrics) of one micro-batch.
+
+    The old log-probs are the learner's own (`logprobs` detached): one update per batch and no dropout make
+    them what verl's separate recompute forward gives, without a second forward. `rollout_logprobs` (what the
+    sampler reported) are compared with them on every response token: mean and max absolute gap, and verl's
+    KL(rollout || learner) estimators. With `cfg.behaviour_logprobs == "rollout"` they also weight the loss by
+    verl's truncated importance ratio min(pi_learner / pi_rollout, rollout_is_threshold) per token, which corrects
+    a rollout/learner numeric mismatch (bf16, another kernel) and an async rollout's staleness."""
+    from verl.trainer.ppo import rollout_corr_helper as corr
+
+    old = logprobs.detach()
+    if rollout_logprobs is None:
+        return old, None, {}
+    mask = response_mask.bool()
+    gap = (old - rollout_logprobs).abs()[mask]
+    off = corr.compute_offpolicy_metrics(old_log_prob=old, rollout_log_prob=rollout_logprobs, response_mask=mask)
+    metrics = {"mismatch/logprob_gap_mean": gap.mean().item() if gap.numel() else 0.0,
+               "mismatch/logprob_gap_max": gap.max().item() if gap.numel() else 0.0,
+               "mismatch/kl": float(off["kl"]), "mismatch/k3_kl": float(off["k3_kl"])}
+    if cfg.behaviour_logprobs != "rollout":
+        return old, None, metrics
+    weights, is_metrics = corr.compute_rollout_correction_weights(
+        old - rollout_logprobs, mask.float(), rollout_is="token", rollout_is_threshold=cfg.rollout_is_threshold)
+    clipped = (((old - rollout_logprobs).exp() > cfg.rollout_is_threshold) & mask).float().sum()
+    metrics.update({"mismatch/is_weight_mean": float(is_metrics["rollout_is_mean"]),
+                    "mismatch/is_truncated_frac": (clipped / mask.sum().clamp(min=1)).item()})
+    return old, weights, metrics
+
+
 def policy_objective(logprobs: torch.Tensor, old_logprobs: torch.Tensor, ref_logprobs: torch.Tensor | None,
                      advantages: torch.Tensor, response_mask: torch.Tensor, cfg: ObjectiveConfig,
-                     entropy: torch.Tensor | None = None, global_batch_info: dict[str, Any] | None = None
-                     ) -> tuple[torch.Tensor, dict[str, float]]:
+                     entropy: torch.Tensor | None = None, global_batch_info: dict[str, Any] | None = None,
+                     is_weights: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, float]]:
     """verl policy loss (+ KL to the reference, - entropy bonus) as verl's actor assembles it.
 
     `global_batch_info` ({dp_size, batch_num_tokens, global_batch_size}) makes the loss of a
@@ -83,7 +115,7 @@ def policy_objective(logprobs: torch.Tensor, old_logprobs: torch.Tensor, ref_log
     mask = response_mask.bool()
     pg_loss, pg_metrics = core_algos.get_policy_loss_fn(cfg.policy_loss)(
         old_log_prob=old_logprobs, log_prob=logprobs, advantages=advantages, response_mask=mask,
-        loss_agg_mode=cfg.loss_agg_mode, config=actor_cfg, rollout_is_weights=None)
+        loss_agg_mode=cfg.loss_agg_mode, config=actor_cfg, rollout_is_weights=is_weights)
     metrics = {k.removeprefix("actor/"): float(v) for k, v in pg_metrics.items()}
     metrics["pg_loss"] = pg_loss.item()
     loss = pg_loss

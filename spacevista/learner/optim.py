@@ -7,6 +7,7 @@ skips entirely (no moment update, no decay, no step count).
 
 from __future__ import annotations
 
+import math
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -52,11 +53,13 @@ def _clip(params: list[torch.Tensor], max_norm: float) -> float:
 
 
 def step_present(optimizer: torch.optim.Optimizer, present: Iterable[str], grad_clip: float,
-                 separate_clip: Sequence[str] = ("router", "dense")) -> Mapping[str, float]:
-    """Drop the gradients of absent groups, clip, step, zero grads. Returns grad norms.
+                 separate_clip: Sequence[str] = ("router", "dense"), finite_loss: bool = True) -> Mapping[str, float]:
+    """Drop the gradients of absent groups, clip, step, zero grads. Returns grad norms and `nonfinite`.
 
     Groups named in `separate_clip` (the router, the dense fusion: plain tensors, while FSDP parameters
-    are DTensors) are clipped each on its own; the rest are clipped together by global norm.
+    are DTensors) are clipped each on its own; the rest are clipped together by global norm. A step whose
+    loss (`finite_loss` False) or any gradient norm is not finite is skipped (gradients dropped, no parameter
+    or optimizer state moves) and reported as `nonfinite` 1.0. The norms are global, so every rank agrees.
     """
     present = set(present)
     policy, apart = [], defaultdict(list)
@@ -69,6 +72,8 @@ def step_present(optimizer: torch.optim.Optimizer, present: Iterable[str], grad_
     norms = {"grad_norm": _clip(policy, grad_clip)}
     for name, params in apart.items():
         norms[f"{name}/grad_norm"] = _clip(params, grad_clip)
-    optimizer.step()
+    finite = finite_loss and all(math.isfinite(v) for v in norms.values())
+    if finite:
+        optimizer.step()
     optimizer.zero_grad(set_to_none=True)
-    return norms
+    return {**norms, "nonfinite": 0.0 if finite else 1.0}
