@@ -140,3 +140,42 @@ def test_the_job_runs_in_bfloat16_and_reports_its_mismatch(local_ray, caches, tm
     row = json.loads((tmp_path / "metrics.jsonl").read_text().splitlines()[0])
     assert 1e-4 < row["learner/mismatch/logprob_gap_max"] < 1.0  # bf16 rounding, not float32's 1e-6
     assert row["learner/nonfinite"] == 0.0 and row["learner/mismatch/is_weight_mean"] > 0.5
+
+
+def test_rollout_workers_serve_what_lora_sft_trained_greedy_token_for_token(local_ray, caches, tmp_path):
+    """After LoRA SFT the rollout workers' greedy outputs equal those of the learner's weights as its checkpoint
+    files hold them (another path out of the learner), and differ from the fresh experts' (so this can fail)."""
+    from spacevista.actors.controller import _sft_warmup, rollout_items
+    from spacevista.actors.learner import LearnerGroup
+    from spacevista.actors.pool import WorkerPool
+    from spacevista.cluster.resources import reserve
+    from spacevista.configs.experts import expert_map
+    from spacevista.eval.policy import load_policy_from_checkpoint
+    from spacevista.preflight import prepare_run
+    from spacevista.rollout import SamplingParams, make_engine
+
+    cfg = to_train_config(compose([*SHORT, *caches, f"run_dir={tmp_path}", "learner.sft.full_params=false",
+                                   "learner.sft.steps=6"]))
+    prep = prepare_run(cfg, tmp_path)
+    items = rollout_items(prep.dataset.take(list(range(6))), "t", expert_map(cfg.model.experts,
+                                                                              cfg.model.expert_of_scale))
+    greedy = SamplingParams(temperature=0, max_tokens=12)
+    learners = LearnerGroup(cfg, prep.model_path, reserve("learner", cfg.cluster.learner), "snapshot-test")
+    try:  # the learners own the snapshot's objects: they live until the workers have pulled them, as in training
+        _sft_warmup(cfg, prep, learners)
+        checkpoint = learners.save(tmp_path, 0, {}, keep=0)
+        snapshot = learners.snapshot()
+        rollout = WorkerPool.rollout(str(prep.model_path), cfg.model, cfg.rollout,
+                                     reserve("rollout", cfg.cluster.rollout), "snapshot-test", cfg.cluster)
+        try:
+            served = [c.response_ids for c in rollout.generate(items, greedy, snapshot, prompts="drop")]
+        finally:
+            rollout.shutdown()
+    finally:
+        learners.shutdown()
+    assert snapshot.version == 6
+    engine = make_engine(cfg.rollout, str(prep.model_path), cfg.model)
+    fresh = [c.response_ids for c in engine.generate([i.request() for i in items], greedy)]
+    engine.update_experts(1, load_policy_from_checkpoint(checkpoint).weights)
+    assert served == [c.response_ids for c in engine.generate([i.request() for i in items], greedy)]
+    assert served != fresh, "LoRA SFT did not move the greedy outputs: nothing was tested"
