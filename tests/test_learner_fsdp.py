@@ -41,19 +41,25 @@ def _train(learner: LearnerCore, sft_samples, rl_samples) -> dict[str, float]:
     return learner.rl_step(collate(learner.processor, rl_samples))  # experts only
 
 
-def _rank_main(rank: int, world: int, init_file: str, model_path: str, sft: list, rl: list, out: str) -> None:
+def _full(param: torch.Tensor) -> torch.Tensor:
+    """A parameter's whole value (collective for an FSDP2 shard; a replicated one is whole already)."""
+    return param.full_tensor() if hasattr(param, "full_tensor") else param.detach()
+
+
+def _rank_main(rank: int, world: int, init_file: str, model_path: str, sft: list, rl: list, out: str,
+               shard_base: bool = True) -> None:
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
     try:
-        learner = LearnerCore(model_path, SCALES, fsdp=True, **KWARGS)
+        learner = LearnerCore(model_path, SCALES, fsdp=True, shard_base=shard_base, **KWARGS)
         metrics = _train(learner, sft[rank], rl[rank])
-        full = {n: p.full_tensor().clone() for n, p in learner.model.named_parameters()}  # collective
+        full = {n: _full(p).clone() for n, p in learner.model.named_parameters()}  # collective
         torch.save({"metrics": metrics, "params": full}, Path(out) / f"rank{rank}.pt")
         gathered = learner.expert_state_dicts()
         assert (gathered != {}) == (rank == 0)
         learner.save_checkpoint(Path(out) / "ckpt")
         learner.load_state_dict(learner.state_dict())  # broadcast from rank 0 must restore the same values
-        again = {n: p.full_tensor() for n, p in learner.model.named_parameters()}
+        again = {n: _full(p) for n, p in learner.model.named_parameters()}
         assert all(torch.equal(again[n], full[n]) for n in full)
         if rank == 0:
             torch.save(gathered, Path(out) / "gathered.pt")
@@ -71,7 +77,8 @@ def _spawn(args: tuple, timeout_s: float = 150.0) -> None:
             pytest.fail("FSDP ranks did not finish: a collective mismatch deadlocked them")
 
 
-def test_fsdp_ranks_with_different_experts_match_one_process(tiny_policy_dir, policy_samples, tmp_path):
+@pytest.mark.parametrize("shard_base", [True, False], ids=["base-sharded", "base-replicated"])
+def test_fsdp_ranks_with_different_experts_match_one_process(tiny_policy_dir, policy_samples, tmp_path, shard_base):
     # rank 0: two experts, images + videos (2 vision-tower calls per micro-batch); rank 1: one other
     # expert, video + text (1 call). outdoor and drone are absent from RL; SFT: image vs text only.
     # rank 0's prompts each carry two responses (shared-prompt forwards), rank 1's are all distinct.
@@ -80,7 +87,7 @@ def test_fsdp_ranks_with_different_experts_match_one_process(tiny_policy_dir, po
           policy_samples(4, ["tabletop"], seed=11, media=("video", "text"), with_rollout_logprobs=True)]
     sft = [policy_samples(2, ["indoor"], seed=12, media=("image",)),
            policy_samples(2, ["drone"], seed=13, media=("text",))]
-    _spawn((2, str(tmp_path / "pg-init"), str(tiny_policy_dir), sft, rl, str(tmp_path)))
+    _spawn((2, str(tmp_path / "pg-init"), str(tiny_policy_dir), sft, rl, str(tmp_path), shard_base))
 
     ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in range(2)]
     assert ranks[0]["params"].keys() == ranks[1]["params"].keys()
@@ -103,3 +110,27 @@ def test_fsdp_ranks_with_different_experts_match_one_process(tiny_policy_dir, po
         state = {k.replace(f".{expert}.", "."): v for k, v in loaded.state_dict().items() if f".{expert}." in k}
         assert state.keys() == gathered[expert].keys()
         assert all(torch.equal(state[k], gathered[expert][k]) for k in state)
+
+
+def test_a_replicated_bf16_base_trains_fp32_experts_like_the_fp32_learner(tiny_policy_dir, policy_samples, tmp_path):
+    """`shard_base=false` under bf16 mixed precision (the GPU path, run on CPU): the frozen base is held in bf16,
+    the experts in fp32, forwards under autocast; one step's loss within bf16 rounding of the fp32 learner's."""
+    import math
+
+    from spacevista.policies.experts import is_lora
+
+    kwargs = dict(optim=OptimConfig(lr=LR), objective=ObjectiveConfig(kl_coef=0.01), micro_batch_size=4, seed=0)
+    samples = policy_samples(6, SCALES[:2], seed=3, with_rollout_logprobs=True)
+    plain = LearnerCore(tiny_policy_dir, SCALES, **kwargs)
+    reference = plain.rl_step(collate(plain.processor, samples))
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'pg-init'}", rank=0, world_size=1)
+    try:
+        learner = LearnerCore(tiny_policy_dir, SCALES, fsdp=True, shard_base=False, mixed_precision="bf16", **kwargs)
+        assert {is_lora(n): p.dtype for n, p in learner.model.named_parameters()} == {True: torch.float32,
+                                                                                        False: torch.bfloat16}
+        metrics = learner.rl_step(collate(learner.processor, samples))
+    finally:
+        dist.destroy_process_group()
+    assert math.isfinite(metrics["loss"]) and metrics["nonfinite"] == 0.0
+    assert metrics["pg_loss"] == pytest.approx(reference["pg_loss"], rel=0.05, abs=1e-3)
+    assert metrics["grad_norm"] == pytest.approx(reference["grad_norm"], rel=0.05)

@@ -138,3 +138,40 @@ def test_cli_plan_prints_and_exits_by_fit(tmp_path, capsys):
     assert "learner: 4 GPU(s)" in out and "rollout: 4 GPU(s)" in out and "fits" in out
     assert main(common + ["--gpu-memory-gib", "24"]) == 1
     assert "this plan cannot fit" in capsys.readouterr().err
+
+
+def test_replicated_base_plan_and_the_auto_choice():
+    """`learner.shard_base=false`: the frozen base whole on every rank in bf16, the experts' state whole too; the
+    rest as sharded. Auto replicates on the paper's 80 GB cards and shards on 24 GB ones."""
+    from dataclasses import replace
+
+    from spacevista.cluster.plan import REPLICATE_SHARE, plan_for_config, shard_base_plans
+    from spacevista.configs.loader import compose, to_train_config
+
+    model = ModelShape.from_path(QWEN25_VL_7B)
+    replicated = learner_plan(model, BATCH, replace(PAPER_LEARNER, shard_base=False), 80 * GIB)
+    sharded = learner_plan(model, BATCH, PAPER_LEARNER, 80 * GIB)
+    assert replicated.parts["weights (replicated)"] == 8_292_166_656 * 2  # bf16: it never steps, no fp32 master
+    assert replicated.parts["LoRA weights+grads+AdamW"] == 4 * 161_480_704 * 16
+    assert "weights gathered for compute" not in replicated.parts
+    same = set(sharded.parts) - {"weights (sharded)", "weights gathered for compute", "LoRA weights+grads+AdamW"}
+    assert all(replicated.parts[k] == sharded.parts[k] for k in same)
+    assert replicated.total / GIB == pytest.approx(48.4, abs=0.05)
+    assert sharded.total / GIB == pytest.approx(32.1, abs=0.05)
+
+    def config(*overrides: str):
+        return to_train_config(compose(["cluster=single_node_8gpu", "cluster.learner.count=7", "rollout.n=8",
+                                        "rollout.prompts_per_step=56", "rollout.max_model_len=3328",
+                                        "rollout.max_tokens=1024", "model.lora.rank=64", "learner.micro_batch_size=8",
+                                        "learner.gradient_checkpointing=true", "learner.sft.full_params=false",
+                                        "model.experts=[tiny_tabletop,tabletop,indoor,outdoor]",
+                                        "++model.expert_of_scale={drone:outdoor}", *overrides]))
+
+    visual = dict(prompt_tokens=2304, visual_tokens=2048)
+    assert not shard_base_plans(config(), model, 80 * GIB, BATCH)[0]  # 48.4 GiB < 0.9 x 80
+    assert shard_base_plans(config(), model, 48 * GIB, BATCH)[0] and 48.4 > REPLICATE_SHARE * 48
+    assert shard_base_plans(config("learner.shard_base=true"), model, 80 * GIB, BATCH)[0]
+    assert shard_base_plans(config("learner.sft.full_params=true"), model, 80 * GIB, BATCH)[0]  # + base AdamW
+    plan = plan_for_config(config(), model, 80 * GIB, **visual)[0]
+    assert plan.parts == replicated.parts
+    assert "base replicated (learner.shard_base=None); sharded by FSDP2 it would take 32.1 GiB" in plan.notes[-1]

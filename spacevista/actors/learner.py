@@ -20,6 +20,7 @@ from spacevista.cluster import run_storage
 from spacevista.actors.pool import actor_options, split_even
 from spacevista.actors.recovery import all_alive, wait
 from spacevista.actors.workers import init_actor_process
+from spacevista.cluster.plan import resolve_shard_base
 from spacevista.cluster.resources import RoleGroup
 from spacevista.configs.schema import TrainConfig
 from spacevista.learner.batch import collate
@@ -78,7 +79,7 @@ class LearnerWorker:
         self._listener = listening_socket(ray.util.get_node_ip_address())
         return self._listener.getsockname()[:2]
 
-    def setup(self, master_addr: str, master_port: int) -> int:
+    def setup(self, master_addr: str, master_port: int, shard_base: bool = True) -> int:
         import torch.distributed as dist
 
         from spacevista.learner.core import LearnerCore
@@ -99,7 +100,7 @@ class LearnerWorker:
             max_tokens_per_micro_batch=cfg.learner.max_tokens_per_micro_batch,
             attn_implementation=cfg.model.attn_implementation, mixed_precision=cfg.learner.mixed_precision,
             sft_full_params=cfg.learner.sft.full_params, temperature=cfg.rollout.temperature, seed=cfg.seed,
-            dense=cfg.model.dense, max_nonfinite_steps=cfg.learner.max_nonfinite_steps)
+            dense=cfg.model.dense, max_nonfinite_steps=cfg.learner.max_nonfinite_steps, shard_base=shard_base)
         return self.rank
 
     def sft_step(self, samples: list, targets: list[str]) -> dict[str, float]:
@@ -161,9 +162,13 @@ class LearnerGroup:
         world = group.config.count
         self.workers = [LearnerWorker.options(**actor_options(group, r, run_name))
                         .remote(r, world, cfg, str(model_path)) for r in range(world)]
+        self.shard_base = resolve_shard_base(cfg, model_path)  # once, here: every rank must agree
+        console.print(f"learner: {world} rank(s), the base {'sharded by FSDP2' if self.shard_base else 'replicated'}"
+                      f" (learner.shard_base={cfg.learner.shard_base})")
         try:
             addr, port = wait([self.workers[0].rendezvous.remote()], "learner", self.start_s)[0]
-            wait([w.setup.remote(addr, port) for w in self.workers], "learner", self.start_s, self.workers)
+            wait([w.setup.remote(addr, port, self.shard_base) for w in self.workers], "learner", self.start_s,
+                 self.workers)
         except BaseException:
             self.shutdown(graceful=False)
             raise

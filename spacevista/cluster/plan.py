@@ -21,11 +21,13 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 GIB = 1024 ** 3
+REPLICATE_SHARE = 0.9  # learner.shard_base auto: replicate the base when that plan fits this share of a GPU
 CUDA_OVERHEAD = int(1.5 * GIB)  # CUDA context, NCCL buffers, allocator slack: per process
 VLLM_OVERHEAD = 2 * GIB  # vLLM's activation peak for a prefill chunk, CUDA graphs, the vision encoder's working set
 LOGIT_BYTES = 2 + 4 + 4 + 4  # bf16 logits, fp32 copy, divided by the temperature, log-softmax kept for backward
@@ -147,6 +149,7 @@ class LearnerSettings:
     mixed_precision: bool = True  # bf16 compute (FSDP2 on CUDA); False: fp32
     full_params: bool = False  # the base trains too (full SFT): its gradients and AdamW moments
     master_bytes: int = 4  # the learner loads fp32 weights
+    shard_base: bool = True  # FSDP2 shards the base; False: replicated (bf16 under mixed precision unless trained)
 
 
 @dataclass(frozen=True)
@@ -192,13 +195,18 @@ def learner_plan(model: ModelShape, batch: BatchShape, cfg: LearnerSettings, gpu
     compute = 2 if cfg.mixed_precision else 4
     params = model.params()
     lora = cfg.experts * model.lora_params(cfg.lora_rank)
-    plan.parts["weights (sharded)"] = params * cfg.master_bytes // cfg.ranks
-    largest_unit = max(model.layer_params(), model.vision_block_params())
-    plan.parts["weights gathered for compute"] = (model.embedding_params() + model.vision_root_params()
-                                                  + 2 * largest_unit) * compute
-    plan.parts["LoRA weights+grads+AdamW"] = lora * (4 + 4 + 8) // cfg.ranks
+    shards = cfg.ranks if cfg.shard_base else 1  # what a rank holds of the sharded parts: 1/ranks, or all of it
+    if cfg.shard_base:
+        plan.parts["weights (sharded)"] = params * cfg.master_bytes // cfg.ranks
+        largest_unit = max(model.layer_params(), model.vision_block_params())
+        plan.parts["weights gathered for compute"] = (model.embedding_params() + model.vision_root_params()
+                                                      + 2 * largest_unit) * compute
+    else:
+        frozen_bytes = cfg.master_bytes if cfg.full_params else compute
+        plan.parts["weights (replicated)"] = params * frozen_bytes
+    plan.parts["LoRA weights+grads+AdamW"] = lora * (4 + 4 + 8) // shards
     if cfg.full_params:
-        plan.parts["base grads+AdamW (full params)"] = params * (4 + 8) // cfg.ranks
+        plan.parts["base grads+AdamW (full params)"] = params * (4 + 8) // shards
     rows, prompts, tokens = micro_batch_tokens(batch, cfg.ranks, cfg.share_prompts)
     h, kv, i = model.hidden, model.kv_dim, model.intermediate
     per_token_layer = compute * (6 * h + 4 * kv + 4 * i) + 8 * h  # see activation_bytes_per_token
@@ -285,22 +293,61 @@ def check_plans(plans: list[RolePlan]) -> None:
                         "rollout.tensor_parallel_size)")
 
 
+def _batch_shape(cfg: Any, prompt_tokens: int | None = None, visual_tokens: int | None = None) -> BatchShape:
+    rollout, learner = cfg.rollout, cfg.learner
+    prompt = prompt_tokens or rollout.max_model_len - rollout.max_tokens
+    return BatchShape(rollout.prompts_per_step, rollout.n, prompt, rollout.max_tokens, learner.micro_batch_size,
+                      learner.max_tokens_per_micro_batch, prompt if visual_tokens is None else visual_tokens)
+
+
+def _learner_settings(cfg: Any, shard_base: bool) -> LearnerSettings:
+    learner = cfg.learner
+    return LearnerSettings(
+        ranks=cfg.cluster.learner.count, experts=len(set(cfg.model.experts)), lora_rank=cfg.model.lora.rank,
+        gradient_checkpointing=learner.gradient_checkpointing, share_prompts=learner.share_prompts,
+        mixed_precision=learner.mixed_precision != "fp32" and (learner.mixed_precision == "bf16"
+                                                               or cfg.cluster.learner.num_gpus > 0),
+        full_params=learner.sft.full_params and learner.sft.steps > 0, shard_base=shard_base)
+
+
+def shard_base_plans(cfg: Any, model: ModelShape, gpu_bytes: int, batch: BatchShape | None = None
+                     ) -> tuple[bool, RolePlan, RolePlan]:
+    """(shard the base?, the replicated plan, the sharded plan) per learner GPU. `learner.shard_base` decides
+    when set; auto (None) replicates when the replicated plan fits `REPLICATE_SHARE` of each learner GPU or,
+    on CPUs, when every rank's replica fits in half the host's memory together."""
+    batch = batch or _batch_shape(cfg)
+    replicated, sharded = (learner_plan(model, batch, _learner_settings(cfg, shard), gpu_bytes)
+                           for shard in (False, True))
+    if cfg.learner.shard_base is not None:
+        return bool(cfg.learner.shard_base), replicated, sharded
+    if cfg.cluster.learner.num_gpus > 0:
+        return replicated.total > REPLICATE_SHARE * gpu_bytes, replicated, sharded
+    host = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    return replicated.parts["weights (replicated)"] * cfg.cluster.learner.count > host // 2, replicated, sharded
+
+
+def resolve_shard_base(cfg: Any, model_path: str | Path) -> bool:
+    """`learner.shard_base`, auto resolved from the model's config.json (see `shard_base_plans`)."""
+    if cfg.learner.shard_base is not None:
+        return bool(cfg.learner.shard_base)
+    return shard_base_plans(cfg, ModelShape.from_path(model_path), int(cfg.cluster.gpu_memory_gib * GIB))[0]
+
+
 def plan_for_config(cfg: Any, model: ModelShape, gpu_bytes: int, prompt_tokens: int | None = None,
                     visual_tokens: int | None = None) -> list[RolePlan]:
     """Plans of the GPU roles of a `TrainConfig`. Without `prompt_tokens`, the longest prompt the
     rollout admits (max_model_len - max_tokens), every token of it visual (the worst case)."""
-    rollout, learner, cluster = cfg.rollout, cfg.learner, cfg.cluster
-    prompt = prompt_tokens or rollout.max_model_len - rollout.max_tokens
-    batch = BatchShape(rollout.prompts_per_step, rollout.n, prompt, rollout.max_tokens, learner.micro_batch_size,
-                       learner.max_tokens_per_micro_batch, prompt if visual_tokens is None else visual_tokens)
+    rollout, cluster = cfg.rollout, cfg.cluster
+    batch = _batch_shape(cfg, prompt_tokens, visual_tokens)
     experts = len(set(cfg.model.experts))
     plans = []
     if cluster.learner.num_gpus > 0:
-        plans.append(learner_plan(model, batch, LearnerSettings(
-            ranks=cluster.learner.count, experts=experts, lora_rank=cfg.model.lora.rank,
-            gradient_checkpointing=learner.gradient_checkpointing, share_prompts=learner.share_prompts,
-            mixed_precision=learner.mixed_precision != "fp32",
-            full_params=learner.sft.full_params and learner.sft.steps > 0), gpu_bytes))
+        shard, replicated, sharded = shard_base_plans(cfg, model, gpu_bytes, batch)
+        plan, other = (sharded, replicated) if shard else (replicated, sharded)
+        how = {True: "sharded by FSDP2", False: "replicated"}
+        plan.notes.append(f"base {how[shard]} (learner.shard_base={cfg.learner.shard_base}); "
+                          f"{how[not shard]} it would take {other.total / GIB:.1f} GiB per GPU")
+        plans.append(plan)
     if cluster.rollout.num_gpus > 0:
         tp = rollout.tensor_parallel_size
         plans.append(rollout_plan(model, batch, RolloutSettings(

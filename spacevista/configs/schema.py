@@ -132,6 +132,11 @@ class LearnerConfig:
     sft: SFTConfig = field(default_factory=SFTConfig)
     micro_batch_size: int = limits(16, ge=1)
     fsdp: bool = True  # FSDP2 across learner ranks (gloo on CPU, NCCL on GPU)
+    # the frozen base under fsdp: true = FSDP2 shards it (all-gathered per layer on every forward and backward);
+    # false = replicated on every rank (bf16 when mixed precision is on and it is not trained), and only the
+    # trainable parameters' gradients are all-reduced, once per step; null (auto) = replicate when
+    # `spacevista plan` says it fits each learner GPU (on CPUs: half the host's memory), else shard
+    shard_base: Optional[bool] = None
     share_prompts: bool = True  # compute each prompt once for its n samples (same result, fewer FLOPs)
     gradient_checkpointing: bool = False  # recompute each layer in backward: keep one layer's activations, not all
     max_tokens_per_micro_batch: int = limits(0, ge=0)  # > 0: micro-batches by a token budget, not micro_batch_size

@@ -15,7 +15,9 @@ One RL step, top to bottom (`rl_step`):
 Memory (learner/memory.py, learner/sharding.py): `gradient_checkpointing` recomputes each layer in backward,
 `max_tokens_per_micro_batch` > 0 cuts micro-batches by a token budget instead of `micro_batch_size`
 rows, `attn_implementation` picks the attention kernel, `mixed_precision` FSDP2's bf16 parameters
-with fp32 gradient reduction (auto: on CUDA only). Each gives the plain path's loss and gradients.
+with fp32 gradient reduction (auto: on CUDA only), `shard_base=False` replicates the base on every rank
+(bf16 under mixed precision; no per-layer all-gathers) and all-reduces only the trainable parameters'
+gradients after the last micro-batch. Each gives the plain path's loss and gradients.
 
 Dense branch (`dense.enabled`, policies/dense/branch.py): a hook on the vision tower fuses it into every forward;
 its fusion is replicated (gradients all-reduced, like the router's), the "dense" optimizer group trained as
@@ -49,7 +51,7 @@ from spacevista.learner.memory import checkpoint_activations, token_budget_plan,
 from spacevista.learner.objectives import ObjectiveConfig, behaviour_correction, policy_objective
 from spacevista.learner.optim import OptimConfig, ParamGroup, build_optimizer, build_scheduler, step_present
 from spacevista.learner.routing import router_backward, sample_prompt_features
-from spacevista.learner.sharding import fsdp_root, shard_policy
+from spacevista.learner.sharding import all_reduce_gradients, fsdp_root, replicate_policy, shard_policy
 from spacevista.learner.state import LearnerState
 from spacevista.policies.dense import branch as dense_branch
 from spacevista.policies.dense import fusion as dense_fusion
@@ -86,7 +88,8 @@ class LearnerCore(LearnerState):
                  device: str = "cpu", sft_full_params: bool = False, temperature: float = 1.0,
                  seed: int = 0, share_prompts: bool = True, gradient_checkpointing: bool = False,
                  max_tokens_per_micro_batch: int = 0, attn_implementation: str = "sdpa",
-                 mixed_precision: str = "auto", dense: DenseConfig | None = None, max_nonfinite_steps: int = 3) -> None:
+                 mixed_precision: str = "auto", dense: DenseConfig | None = None, max_nonfinite_steps: int = 3,
+                 shard_base: bool = True) -> None:
         self.experts = list(experts)
         self.objective = objective or ObjectiveConfig()
         self.optim_cfg = optim or OptimConfig()
@@ -113,8 +116,12 @@ class LearnerCore(LearnerState):
                       if self.dense_cfg else None)
         if gradient_checkpointing:
             checkpoint_activations(self.model)
-        if fsdp:
+        self.replicated = fsdp and not shard_base  # the base on every rank; trainable gradients all-reduced
+        self._autocast: torch.dtype | None = None  # replicated under mixed precision: bf16 forwards
+        if fsdp and shard_base:
             shard_policy(self.model, self.device.type, mixed_precision)
+        elif fsdp:
+            self._autocast = replicate_policy(self.model, self.device.type, mixed_precision, sft_full_params)
         self._vision_ids = vision_token_ids(self.model)
         self._state_modules = nn.ModuleDict({"policy": self.model, "router": self.router})  # for optimizer state dicts
         if self.dense is not None:
@@ -244,7 +251,8 @@ class LearnerCore(LearnerState):
         for i, mb in enumerate(micro):
             if root is not None:
                 root.set_requires_gradient_sync(i == len(micro) - 1)
-            with capture_prompt_features(self.model) if train_router else nullcontext() as capture:
+            with capture_prompt_features(self.model) if train_router else nullcontext() as capture, \
+                    torch.autocast(self.device.type, self._autocast) if self._autocast else nullcontext():
                 loss, metrics = loss_fn(mb)
             loss.backward()
             weight = mb.batch["response_mask"].sum().item()
@@ -255,6 +263,8 @@ class LearnerCore(LearnerState):
                     sums[k] += v if k in ADDITIVE_METRICS else v * weight
             if train_router:
                 features.append(sample_prompt_features(mb, capture.embeds, self._vision_ids))
+        if self.replicated and self.world > 1:  # FSDP's reduce-scatter, for a replicated model: one per step
+            all_reduce_gradients([p for p in self.model.parameters() if p.requires_grad], self.world)
         if "dense" in present and self.world > 1:
             self.dense.average_gradients()  # replicated, so averaged like FSDP's sharded gradients
         if train_router:

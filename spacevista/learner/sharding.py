@@ -24,6 +24,8 @@ from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_
 from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
 from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
 
+from spacevista.policies.experts import is_lora
+
 VISION_CALLS_PER_FORWARD = 2  # Qwen-VL: one call for images, one for videos
 
 
@@ -85,6 +87,48 @@ def shard_policy(model: PeftModel, device_type: str, mixed_precision: str = "aut
     if dist.get_world_size() > 1:
         _VisionCallEqualizer(hf_model)
     return mesh
+
+
+BUCKET_BYTES = 64 * 1024 ** 2  # gradients all-reduced per collective when the base is replicated
+
+
+def replicate_policy(model: PeftModel, device_type: str, mixed_precision: str = "auto",
+                     base_trained: bool = False) -> torch.dtype | None:
+    """The base replicated on every rank (no FSDP: `shard_base=false`); returns the autocast dtype (None: fp32).
+
+    Under mixed precision (`mixed_precision_policy` decides it, as for FSDP2) the frozen base is cast to bf16 (no
+    master copy needed: it never steps) and forwards run under bf16 autocast; trainable parameters (the experts,
+    and the base while `base_trained`) stay fp32. Every rank starts from the same weights (same seed, same files),
+    so replicas stay equal as long as every step averages the trainable gradients (`all_reduce_gradients`).
+    """
+    if not dist.is_initialized():
+        raise RuntimeError("fsdp=True needs torch.distributed initialised (gloo on CPU, nccl on GPU)")
+    if mixed_precision_policy(device_type, mixed_precision).param_dtype != torch.bfloat16:
+        return None
+    if not base_trained:
+        for name, param in model.named_parameters():
+            if not is_lora(name):
+                param.data = param.data.to(torch.bfloat16)
+    return torch.bfloat16
+
+
+def all_reduce_gradients(params: list[torch.Tensor], world: int, bucket_bytes: int = BUCKET_BYTES) -> None:
+    """Replace each parameter's gradient by its mean over ranks (a missing gradient counts as zero), in flat
+    buckets of about `bucket_bytes`: what FSDP's reduce-scatter averages, for replicated parameters."""
+    bucket: list[torch.Tensor] = []
+    size = 0
+    for i, param in enumerate(params):
+        if param.grad is None:
+            param.grad = torch.zeros_like(param)
+        bucket.append(param)
+        size += param.grad.numel() * param.grad.element_size()
+        if size >= bucket_bytes or i == len(params) - 1:
+            flat = torch.cat([p.grad.reshape(-1) for p in bucket])
+            dist.all_reduce(flat)
+            flat.div_(world)
+            for p, chunk in zip(bucket, flat.split([p.grad.numel() for p in bucket])):
+                p.grad.copy_(chunk.view_as(p.grad))
+            bucket, size = [], 0
 
 
 def fsdp_root(model: PeftModel) -> FSDPModule | None:
