@@ -174,4 +174,4 @@ def test_replicated_base_plan_and_the_auto_choice():
     assert shard_base_plans(config("learner.sft.full_params=true"), model, 80 * GIB, BATCH)[0]  # + base AdamW
     plan = plan_for_config(config(), model, 80 * GIB, **visual)[0]
     assert plan.parts == replicated.parts
-    assert "base replicated (learner.shard_base=None); sharded by FSDP2 it would take 32.1 GiB" in plan.notes[-1]
+    assert "base replicated (learner.shard_base=auto); sharded by FSDP2 it would take 32.1 GiB" in plan.notes[-1]

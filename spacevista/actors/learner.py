@@ -164,7 +164,7 @@ class LearnerGroup:
                         .remote(r, world, cfg, str(model_path)) for r in range(world)]
         self.shard_base = resolve_shard_base(cfg, model_path)  # once, here: every rank must agree
         console.print(f"learner: {world} rank(s), the base {'sharded by FSDP2' if self.shard_base else 'replicated'}"
-                      f" (learner.shard_base={cfg.learner.shard_base})")
+                      f" (learner.shard_base={'auto' if cfg.learner.shard_base is None else cfg.learner.shard_base})")
         try:
             addr, port = wait([self.workers[0].rendezvous.remote()], "learner", self.start_s)[0]
             wait([w.setup.remote(addr, port, self.shard_base) for w in self.workers], "learner", self.start_s,

@@ -345,7 +345,8 @@ def plan_for_config(cfg: Any, model: ModelShape, gpu_bytes: int, prompt_tokens: 
         shard, replicated, sharded = shard_base_plans(cfg, model, gpu_bytes, batch)
         plan, other = (sharded, replicated) if shard else (replicated, sharded)
         how = {True: "sharded by FSDP2", False: "replicated"}
-        plan.notes.append(f"base {how[shard]} (learner.shard_base={cfg.learner.shard_base}); "
+        setting = "auto" if cfg.learner.shard_base is None else str(cfg.learner.shard_base).lower()
+        plan.notes.append(f"base {how[shard]} (learner.shard_base={setting}); "
                           f"{how[not shard]} it would take {other.total / GIB:.1f} GiB per GPU")
         plans.append(plan)
     if cluster.rollout.num_gpus > 0:
