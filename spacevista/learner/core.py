@@ -263,10 +263,12 @@ class LearnerCore(LearnerState):
                     sums[k] += v if k in ADDITIVE_METRICS else v * weight
             if train_router:
                 features.append(sample_prompt_features(mb, capture.embeds, self._vision_ids))
-        if self.replicated and self.world > 1:  # FSDP's reduce-scatter, for a replicated model: one per step
-            all_reduce_gradients([p for p in self.model.parameters() if p.requires_grad], self.world)
-        if "dense" in present and self.world > 1:
-            self.dense.average_gradients()  # replicated, so averaged like FSDP's sharded gradients
+        # replicated trainables (the policy's when the base is not sharded, the dense fusion's) averaged over ranks
+        # like FSDP's sharded gradients, in one set of buckets a step
+        replicas = [p for p in self.model.parameters() if p.requires_grad] if self.replicated else []
+        replicas += list(self.dense.fusion.parameters()) if "dense" in present else []
+        if replicas and self.world > 1:
+            all_reduce_gradients(replicas, self.world)
         if train_router:
             labels = [label for mb in micro for label in mb.non_tensor_batch["scale_label"]]  # micro-batch order
             sums.update(router_backward(self.router, torch.cat(features), labels, stats["labelled"], self.world))

@@ -26,7 +26,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.distributed as dist
 from torch import nn
 
 from spacevista.configs.dense import DenseConfig
@@ -232,15 +231,6 @@ class DenseBranch:
             yield
         finally:
             self._enabled = True
-
-    def average_gradients(self) -> None:
-        """All-reduce the replicated fusion's gradients to their mean over ranks (every rank calls it)."""
-        world = dist.get_world_size()
-        for p in self.fusion.parameters():
-            if p.grad is None:
-                p.grad = torch.zeros_like(p)
-            dist.all_reduce(p.grad)
-            p.grad.div_(world)
 
 
 def load_checkpoint_fusion(branch: DenseBranch | None, weights: Mapping[str, torch.Tensor] | None,
